@@ -1,0 +1,90 @@
+"""qubico_async: an asyncio-native SDK for PiAPI's Qubico face-swap API.
+
+async with QubicoClient() as client:
+    task = await client.face_swap("target.jpg", "face.png")
+    await client.download(task, "out.png")
+"""
+
+from ._transport import Timeouts
+from ._version import __version__
+from .client import QubicoClient
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    BudgetExceededError,
+    ClientClosedError,
+    InsufficientPlanError,
+    InvalidInputError,
+    MalformedResponseError,
+    MissingApiKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    QubicoError,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    TransportError,
+    WaitTimeoutError,
+    WebhookVerificationError,
+)
+from .media import Image, Video
+from .models import (
+    AccountInfo,
+    Task,
+    TaskConfig,
+    TaskError,
+    TaskMeta,
+    TaskOutput,
+    TaskStatus,
+    TaskUsage,
+    WebhookConfig,
+)
+from .polling import PollPolicy
+from .requests import FaceSwap, MultiFaceSwap, RawTask, VideoFaceSwap
+from .retry import RetryPolicy
+
+__all__ = [
+    "APIError",
+    "AccountInfo",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "ClientClosedError",
+    "FaceSwap",
+    "Image",
+    "InsufficientPlanError",
+    "InvalidInputError",
+    "MalformedResponseError",
+    "MissingApiKeyError",
+    "MultiFaceSwap",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "QubicoClient",
+    "QubicoError",
+    "RateLimitError",
+    "RawTask",
+    "ResultExpiredError",
+    "RetryPolicy",
+    "ServerError",
+    "SubmissionUncertainError",
+    "Task",
+    "TaskConfig",
+    "TaskError",
+    "TaskFailedError",
+    "TaskMeta",
+    "TaskOutput",
+    "TaskStatus",
+    "TaskUsage",
+    "Timeouts",
+    "TransportError",
+    "Video",
+    "VideoFaceSwap",
+    "WaitTimeoutError",
+    "WebhookConfig",
+    "WebhookVerificationError",
+    "__version__",
+]

@@ -1,0 +1,243 @@
+"""The one cattrs converter: wire JSON -> models, tolerant of every documented variant.
+
+Variants accepted (see piapi-api.md): status in any case (unknown kept), `logs` null or list,
+`meta` `{}` or full, `output` null, `error` absent/empty/partial, unknown fields ignored,
+ISO-8601 timestamps with or without `Z`/fractions (unparseable ones become None).
+Anything else that does not fit raises `MalformedResponseError`, never a bare cattrs error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+from .errors import MalformedResponseError
+from .models import (
+    AccountInfo,
+    Task,
+    TaskConfig,
+    TaskError,
+    TaskMeta,
+    TaskOutput,
+    TaskStatus,
+    TaskUsage,
+    WebhookConfig,
+)
+
+__all__ = ["converter", "structure_account", "structure_task"]
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def _parse_datetime(value: Any, _: Any = None) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    # Python 3.10's fromisoformat wants exactly 3 or 6 fraction digits.
+    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _structure_status(value: Any, _: Any) -> TaskStatus:
+    if not isinstance(value, str):
+        raise ValueError(f"status must be a string, got {type(value).__name__}")
+    return TaskStatus(value)
+
+
+def _as_mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _structure_webhook(value: Any, _: Any) -> WebhookConfig | None:
+    data = _as_mapping(value, "webhook_config")
+    endpoint = data.get("endpoint") or ""
+    if not endpoint:
+        return None
+    return WebhookConfig(endpoint=str(endpoint), secret=str(data.get("secret") or ""))
+
+
+def _structure_config(value: Any, _: Any) -> TaskConfig:
+    data = _as_mapping(value, "config")
+    mode = data.get("service_mode")
+    return TaskConfig(
+        service_mode=str(mode) if mode else None,
+        webhook=_structure_webhook(data.get("webhook_config"), None),
+    )
+
+
+def _structure_output(value: Any, _: Any) -> TaskOutput | None:
+    if value is None:
+        return None
+    data = _as_mapping(value, "output")
+
+    def url(key: str) -> str | None:
+        v = data.get(key)
+        return v if isinstance(v, str) and v else None
+
+    extra = {k: v for k, v in data.items() if k not in ("image_url", "video_url")}
+    return TaskOutput(image_url=url("image_url"), video_url=url("video_url"), extra=extra)
+
+
+_structure_error_fields = make_dict_structure_fn(TaskError, converter)
+
+
+def _structure_error(value: Any, _: Any) -> TaskError | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return TaskError(code=0, message=value) if value else None
+    data = dict(_as_mapping(value, "error"))
+    for key in ("message", "raw_message"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    if data.get("code") is None:
+        data.pop("code", None)
+    try:
+        err = _structure_error_fields(data, TaskError)
+    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError):
+        err = TaskError(code=-1, message=str(data.get("message") or data)[:1000])
+    if not err.code and not err.message and not err.raw_message:
+        return None
+    return err
+
+
+def _structure_logs(value: Any, _: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+_structure_meta_fields = make_dict_structure_fn(TaskMeta, converter)
+_structure_usage_fields = make_dict_structure_fn(TaskUsage, converter)
+
+
+def _structure_meta(value: Any, _: Any) -> TaskMeta:
+    # Bookkeeping only: a malformed meta must never cost the caller a (paid) result.
+    if not isinstance(value, Mapping):
+        return TaskMeta()
+    data = dict(value)
+    if not isinstance(data.get("usage"), Mapping):
+        data["usage"] = None
+    try:
+        return _structure_meta_fields(data, TaskMeta)
+    except (cattrs.BaseValidationError, ValueError, TypeError, OverflowError):
+        return TaskMeta(
+            created_at=_parse_datetime(data.get("created_at")),
+            started_at=_parse_datetime(data.get("started_at")),
+            ended_at=_parse_datetime(data.get("ended_at")),
+        )
+
+
+def _structure_usage(value: Any, _: Any) -> TaskUsage:
+    return _structure_usage_fields(dict(_as_mapping(value, "usage")), TaskUsage)
+
+
+def _structure_task_id(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError("task_id is missing or not a string")
+    return str(value)
+
+
+def _structure_task(value: Any, _: Any) -> Task:
+    data = _as_mapping(value, "task")
+    raw_input = data.get("input")
+    return Task(
+        task_id=_structure_task_id(data.get("task_id")),
+        model=str(data.get("model") or ""),
+        task_type=str(data.get("task_type") or ""),
+        status=_structure_status(data.get("status", "pending"), None),
+        output=_structure_output(data.get("output"), None),
+        meta=_structure_meta(data.get("meta"), None),
+        error=_structure_error(data.get("error"), None),
+        logs=_structure_logs(data.get("logs"), None),
+        config=_structure_config(data.get("config"), None),
+        input=dict(raw_input) if isinstance(raw_input, Mapping) else {},
+        detail=data.get("detail"),
+    )
+
+
+def _structure_account(value: Any, _: Any) -> AccountInfo:
+    data = _as_mapping(value, "account info")
+    known = {"equivalent_in_usd", "id", "name", "plan", "is_enable", "max_concurrent_task_count"}
+
+    def num(key: str) -> float | None:
+        v = data.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    count = data.get("max_concurrent_task_count")
+    ident = data.get("id", data.get("account_id"))
+    name = data.get("name", data.get("account_name"))
+    enabled = data.get("is_enable")
+    return AccountInfo(
+        equivalent_in_usd=num("equivalent_in_usd"),
+        id=ident if isinstance(ident, (int, str)) and not isinstance(ident, bool) else None,
+        name=name if isinstance(name, str) else None,
+        plan=data["plan"] if isinstance(data.get("plan"), str) else None,
+        is_enable=enabled if isinstance(enabled, bool) else None,
+        max_concurrent_task_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+converter.register_structure_hook(TaskStatus, _structure_status)
+converter.register_structure_hook(dt.datetime, _parse_datetime)
+converter.register_structure_hook(TaskUsage, _structure_usage)
+converter.register_structure_hook(TaskMeta, _structure_meta)
+converter.register_structure_hook(TaskConfig, _structure_config)
+converter.register_structure_hook(Task, _structure_task)
+converter.register_structure_hook(AccountInfo, _structure_account)
+
+
+def _structure(data: Any, cls: type[T], what: str) -> T:
+    try:
+        return converter.structure(data, cls)
+    except (
+        cattrs.BaseValidationError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        OverflowError,
+    ) as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc))
+        else:
+            detail = str(exc)
+        raise MalformedResponseError(f"unexpected {what} shape: {detail[:300]}") from None
+    except RecursionError:
+        raise MalformedResponseError(f"unexpected {what} shape: nested too deeply") from None
+
+
+def structure_task(data: Any) -> Task:
+    """A `Task` from the envelope's `data`, or `MalformedResponseError`."""
+    return _structure(data, Task, "task")
+
+
+def structure_account(data: Any) -> AccountInfo:
+    return _structure(data, AccountInfo, "account info")

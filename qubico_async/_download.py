@@ -1,0 +1,196 @@
+"""Fetching result files: streamed, size-capped, retried, and written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import secrets
+import urllib.parse
+from pathlib import Path
+
+import aiohttp
+import anyio
+
+from .errors import (
+    InvalidInputError,
+    MalformedResponseError,
+    ResultExpiredError,
+    ServerError,
+    TransportError,
+)
+from .retry import RetryPolicy
+
+__all__ = ["DEFAULT_MAX_BYTES", "fetch_bytes", "fetch_to_file"]
+
+logger = logging.getLogger("qubico_async")
+
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+_CHUNK = 256 * 1024
+_EXT_BY_TYPE = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_EXPIRED = "the result at {url} is gone ({status}): results are kept about 3 days after the task finished"
+
+
+def _check_url(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidInputError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
+
+
+def safe_filename(name: str) -> str:
+    """A file name that cannot leave its folder: path separators and odd characters replaced."""
+    cleaned = _SAFE_NAME.sub("_", name).strip("._") or "result"
+    return cleaned[:150]
+
+
+async def _stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    retry: RetryPolicy,
+    max_bytes: int,
+    sink: _Sink,
+) -> str:
+    """Stream `url` into `sink`, retrying transport errors and 5xx; returns the content type."""
+    _check_url(url)
+    rng = random.Random()
+    attempt = 0
+    while True:
+        attempt += 1
+        sink.reset()
+        try:
+            # No API key here: result URLs live on storage hosts that must never see it.
+            async with session.get(url, allow_redirects=True, max_redirects=5) as resp:
+                if resp.status in (404, 410):
+                    raise ResultExpiredError(
+                        _EXPIRED.format(url=_short(url), status=resp.status),
+                        status=resp.status,
+                        url=_short(url),
+                    )
+                if resp.status >= 500:
+                    raise ServerError(f"storage answered {resp.status}", status=resp.status, url=_short(url))
+                if resp.status >= 400:
+                    raise InvalidInputError(f"cannot download {_short(url)}: HTTP {resp.status}")
+                declared = resp.content_length
+                if declared is not None and declared > max_bytes:
+                    raise MalformedResponseError(f"result is {declared} bytes; the cap is {max_bytes}")
+                size = 0
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise MalformedResponseError(f"result is larger than the {max_bytes}-byte cap")
+                    await sink.write(chunk)
+                return resp.content_type or ""
+        except (aiohttp.ClientError, TimeoutError, ServerError) as exc:
+            if attempt >= retry.max_attempts:
+                if isinstance(exc, ServerError):
+                    raise
+                raise TransportError(f"download of {_short(url)} failed: {type(exc).__name__}") from None
+            delay = retry.delay(attempt, None, rng)
+            logger.warning("download failed (%s); retry %d in %.2fs", type(exc).__name__, attempt, delay)
+            await anyio.sleep(delay)
+
+
+class _Sink:
+    async def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class _MemorySink(_Sink):
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def reset(self) -> None:
+        self.chunks.clear()
+
+
+class _FileSink(_Sink):
+    def __init__(self, file: anyio.AsyncFile[bytes]) -> None:
+        self.file = file
+
+    async def write(self, chunk: bytes) -> None:
+        await self.file.write(chunk)
+
+    def reset(self) -> None:
+        # Truncation happens lazily in fetch_to_file by reopening; here we only rewind.
+        self.file.wrapped.seek(0)
+        self.file.wrapped.truncate()
+
+
+async def fetch_bytes(
+    session: aiohttp.ClientSession, url: str, *, retry: RetryPolicy, max_bytes: int = DEFAULT_MAX_BYTES
+) -> bytes:
+    sink = _MemorySink()
+    await _stream(session, url, retry, max_bytes, sink)
+    return b"".join(sink.chunks)
+
+
+async def fetch_to_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    dest: Path,
+    *,
+    name_hint: str | None,
+    overwrite: bool,
+    retry: RetryPolicy,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Path:
+    """Download into a temp file beside the target, then move it into place atomically."""
+    _check_url(url)
+    is_dir = await anyio.Path(dest).is_dir()
+    folder = dest if is_dir else dest.parent
+    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{safe_filename(name_hint or dest.name)}.{secrets.token_hex(4)}.part"
+    try:
+        async with await anyio.open_file(tmp, "wb") as file:
+            content_type = await _stream(session, url, retry, max_bytes, _FileSink(file))
+        if is_dir:
+            stem = safe_filename(name_hint or Path(urllib.parse.urlsplit(url).path).stem or "result")
+            ext = _EXT_BY_TYPE.get(content_type) or _url_ext(url)
+            final = folder / (stem + ext)
+        else:
+            final = dest
+        await anyio.to_thread.run_sync(_place, tmp, final, overwrite)
+        return final
+    finally:
+        # Also runs on cancellation: never leave a temp file behind.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _place(tmp: Path, final: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)  # atomic, and fails instead of clobbering an existing file
+    except FileExistsError:
+        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it") from None
+    except OSError:
+        if final.exists():
+            raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it") from None
+        os.replace(tmp, final)
+
+
+def _url_ext(url: str) -> str:
+    ext = Path(urllib.parse.urlsplit(url).path).suffix.lower()
+    return ext if ext in (".jpg", ".jpeg", ".png", ".webp", ".mp4") else ".bin"
+
+
+def _short(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    text = f"{parsed.scheme}://{parsed.netloc}{parsed.path}"
+    return text if len(text) <= 120 else text[:117] + "..."

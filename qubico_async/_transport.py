@@ -1,0 +1,297 @@
+"""The one request path: auth header, envelope decoding, error mapping and retries.
+
+Every HTTP call to the task API goes through `Transport.request`. It knows whether the
+request is a read (retry freely) or the paid create (retry only when provably not created).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+from attrs import field, frozen, validators
+
+from ._version import __version__
+from .errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    MalformedResponseError,
+    NotFoundError,
+    PermissionDeniedError,
+    QubicoError,
+    RateLimitError,
+    ServerError,
+    SubmissionUncertainError,
+    TransportError,
+)
+from .retry import (
+    RetryPolicy,
+    is_retryable_create,
+    is_retryable_read,
+    is_uncertain_create,
+    parse_retry_after,
+    retry_after_of,
+)
+
+__all__ = ["Secret", "Timeouts", "Transport", "fingerprint"]
+
+logger = logging.getLogger("qubico_async")
+
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""API responses are small JSON; anything bigger is a broken or hostile server."""
+
+RequestKind = Literal["read", "create"]
+
+_STATUS_CLASSES: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+class Secret:
+    """A string that never shows itself in `repr`, `str` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@frozen
+class Timeouts:
+    """Per-request timeouts in seconds. `read` is the longest silence while waiting for bytes."""
+
+    connect: float = field(default=10.0, validator=validators.gt(0))
+    read: float = field(default=60.0, validator=validators.gt(0))
+    total: float | None = field(default=None, validator=validators.optional(validators.gt(0)))
+
+    def to_aiohttp(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.total, sock_connect=self.connect, sock_read=self.read)
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """A stable hash of a create payload, without the webhook secret."""
+    cleaned = dict(payload)
+    config = cleaned.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("webhook_config"), Mapping):
+        hook = {k: v for k, v in config["webhook_config"].items() if k != "secret"}
+        cleaned["config"] = {**config, "webhook_config": hook}
+    canonical = json.dumps(cleaned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_TAGS = re.compile(r"<[^>]+>")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def _describe_body(raw: bytes, reason: str) -> tuple[str, int | None]:
+    """(message, envelope code) from an error body: JSON envelope, empty, HTML page or text."""
+    text = raw[:4096].decode("utf-8", "replace").strip()
+    if not text:
+        return (reason or "empty response body"), None
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        parsed = None
+    if isinstance(parsed, dict):
+        code = parsed.get("code")
+        msg = parsed.get("message") or parsed.get("error") or parsed.get("detail") or reason
+        if isinstance(msg, dict):
+            msg = msg.get("message") or json.dumps(msg)[:200]
+        return str(msg)[:500], code if isinstance(code, int) and not isinstance(code, bool) else None
+    if text.startswith("<") or "<html" in text[:200].lower():
+        title = _TITLE.search(text)
+        words = title.group(1) if title else _TAGS.sub(" ", text)
+        summary = _SPACE.sub(" ", words).strip()[:200]
+        return f"{reason or 'error'} (HTML page, probably from a proxy: {summary!r})", None
+    return _SPACE.sub(" ", text)[:300], None
+
+
+def _error_for_status(
+    status: int,
+    raw: bytes,
+    reason: str,
+    headers: Mapping[str, str],
+    method: str,
+    url: str,
+    redact: Callable[[str], str],
+) -> APIError:
+    message, code = _describe_body(raw, reason)
+    message = redact(message)
+    cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
+    body = redact(raw[:1000].decode("utf-8", "replace"))
+    kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url, "body": body}
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=parse_retry_after(headers), **kwargs)
+    return cls(message, **kwargs)
+
+
+class Transport:
+    """Sends requests for one client. Holds no session: the client passes its own each time."""
+
+    def __init__(self, *, api_key: Secret | None, retry: RetryPolicy, timeouts: Timeouts) -> None:
+        self._api_key = api_key
+        self.retry = retry
+        self.timeouts = timeouts
+        self._rng = random.Random()
+        self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"
+
+    def _headers(self, has_body: bool) -> dict[str, str]:
+        headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
+        if self._api_key is not None:
+            headers["x-api-key"] = self._api_key.reveal()
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key.reveal() if self._api_key is not None else ""
+        return text.replace(key, "***") if key else text
+
+    async def request(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        kind: RequestKind = "read",
+        fingerprint: str = "",
+        request: object = None,
+        resubmit_uncertain: bool = False,
+    ) -> dict[str, Any]:
+        """Send with retries and return the decoded JSON envelope (a dict).
+
+        For `kind="create"`, a failure after the body may have reached the service raises
+        `SubmissionUncertainError` (or resends, with `resubmit_uncertain=True`).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            sent_at = time.time()
+            try:
+                return await self._send_once(session, method, url, body)
+            except (TransportError, APIError, MalformedResponseError) as exc:
+                retry = self._should_retry(exc, kind, resubmit_uncertain)
+                if retry and attempt < self.retry.max_attempts:
+                    delay = self.retry.delay(attempt, retry_after_of(exc), self._rng)
+                    logger.warning(
+                        "%s %s failed (%s); retry %d/%d in %.2fs",
+                        method,
+                        _path(url),
+                        type(exc).__name__,
+                        attempt,
+                        self.retry.max_attempts - 1,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    continue
+                if kind == "create" and (is_uncertain_create(exc) or isinstance(exc, MalformedResponseError)):
+                    raise SubmissionUncertainError(
+                        f"the create request may or may not have created a task ({exc}); "
+                        "check before resubmitting to avoid paying twice",
+                        fingerprint=fingerprint,
+                        sent_at=sent_at,
+                        request=request,
+                        cause=exc,
+                    ) from exc
+                raise
+
+    @staticmethod
+    def _should_retry(exc: QubicoError, kind: RequestKind, resubmit_uncertain: bool) -> bool:
+        if kind == "read":
+            return is_retryable_read(exc) or isinstance(exc, MalformedResponseError)
+        if is_retryable_create(exc):
+            return True
+        return resubmit_uncertain and (is_uncertain_create(exc) or isinstance(exc, MalformedResponseError))
+
+    async def _send_once(
+        self, session: aiohttp.ClientSession, method: str, url: str, body: bytes | None
+    ) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=self._headers(body is not None),
+                timeout=self.timeouts.to_aiohttp(),
+                allow_redirects=False,
+            ) as resp:
+                raw = await _read_capped(resp, MAX_RESPONSE_BYTES)
+                status, reason, headers = resp.status, resp.reason or "", resp.headers
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise TransportError(
+                f"could not connect to {_origin(url)}: {self._redact(str(exc)) or type(exc).__name__}",
+                sent=False,
+            ) from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise TransportError(f"{method} {_path(url)} timed out waiting for the response") from None
+        except aiohttp.ClientError as exc:
+            detail = self._redact(str(exc)) or type(exc).__name__
+            raise TransportError(f"{method} {_path(url)} failed: {detail}") from None
+        elapsed = (time.monotonic() - started) * 1000
+        logger.debug("%s %s -> %d (%.0f ms)", method, _path(url), status, elapsed)
+        if not 200 <= status < 300:
+            raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
+        return _decode_envelope(raw, reason, headers, method, _path(url), self._redact)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise MalformedResponseError(f"response body larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_envelope(
+    raw: bytes, reason: str, headers: Mapping[str, str], method: str, path: str, redact: Callable[[str], str]
+) -> dict[str, Any]:
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        snippet = redact(raw[:80].decode("utf-8", "replace"))
+        raise MalformedResponseError(f"{method} {path}: response is not JSON ({snippet!r})") from None
+    if not isinstance(parsed, dict):
+        raise MalformedResponseError(f"{method} {path}: response is not a JSON object")
+    code = parsed.get("code")
+    if isinstance(code, int) and not isinstance(code, bool) and code not in (0, 200) and 400 <= code < 600:
+        # A 2xx carrying an error envelope: trust the envelope.
+        raise _error_for_status(code, raw, reason, headers, method, path, redact)
+    return parsed
+
+
+def _origin(url: str) -> str:
+    parts = url.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) >= 3 else url
+
+
+def _path(url: str) -> str:
+    parts = url.split("/", 3)
+    return "/" + parts[3] if len(parts) == 4 else url

@@ -1,0 +1,353 @@
+"""QubicoClient: owns the HTTP session and composes transport, requests, media and polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import urllib.parse
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+import anyio.to_thread
+
+from . import _download
+from ._convert import structure_account, structure_task
+from ._transport import Secret, Timeouts, Transport, fingerprint
+from .errors import (
+    ClientClosedError,
+    InvalidInputError,
+    MalformedResponseError,
+    MissingApiKeyError,
+    SubmissionUncertainError,
+    TaskFailedError,
+    WaitTimeoutError,
+)
+from .media import THREAD_THRESHOLD, Image, Video, _Media
+from .models import AccountInfo, Task, WebhookConfig
+from .polling import PollPolicy
+from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, VideoFaceSwap, coerce_request
+from .retry import RetryPolicy
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
+
+DEFAULT_BASE_URL = "https://api.piapi.ai"
+DEFAULT_UPLOAD_URL = "https://upload.theapi.app"
+DEFAULT_MAX_CONNECTIONS = 64
+_ENV_KEYS = ("QUBICO_API_KEY", "PIAPI_API_KEY")
+
+_State = Literal["new", "open", "closed"]
+
+
+class QubicoClient:
+    """An async client for PiAPI's Qubico face-swap API. Use one per application::
+
+        async with QubicoClient() as client:
+            task = await client.face_swap("target.jpg", "face.png")
+
+    The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
+    is reported at the first request. Inside `async with`, the client owns an
+    `aiohttp.ClientSession` limited to `max_connections`. A `session` you pass in is borrowed:
+    the client uses it (no `async with` needed) and never closes it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        upload_url: str = DEFAULT_UPLOAD_URL,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        timeout: float | Timeouts | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
+        key = api_key if api_key is not None else next(filter(None, map(os.environ.get, _ENV_KEYS)), None)
+        self._api_key = Secret(key) if key else None
+        self.base_url = _check_base_url(base_url, "base_url")
+        self.upload_url = _check_base_url(upload_url, "upload_url")
+        self.max_connections = max_connections
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts(read=timeout or 60.0)
+        self._transport = Transport(api_key=self._api_key, retry=self.retry, timeouts=timeouts)
+        self._borrowed = session
+        self._session: aiohttp.ClientSession | None = session
+        self._state: _State = "new"
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._state == "closed" else ("open" if self._session is not None else "new")
+        key = "set" if self._api_key is not None else "missing"
+        return f"<QubicoClient base_url={self.base_url!r} api_key={key} state={state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> QubicoClient:
+        if self._state == "closed":
+            raise ClientClosedError("this QubicoClient was closed; create a new one")
+        if self._state == "open":
+            raise ClientClosedError("this QubicoClient is already open; enter it only once")
+        if self._borrowed is None:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
+            self._session = aiohttp.ClientSession(connector=connector)
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the owned session (a borrowed one stays open). Further use raises `ClientClosedError`."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        session, self._session = self._session, None
+        if session is not None and self._borrowed is None:
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._state == "closed":
+            raise ClientClosedError("this QubicoClient is closed")
+        session = self._session
+        if session is None:
+            raise ClientClosedError("QubicoClient is not open: use `async with QubicoClient(...) as client:`")
+        if session.closed:
+            raise ClientClosedError("the aiohttp session used by this QubicoClient is closed")
+        return session
+
+    def _require_key(self) -> None:
+        if self._api_key is None:
+            raise MissingApiKeyError(
+                "no API key: pass QubicoClient(api_key=...) or set QUBICO_API_KEY (or PIAPI_API_KEY)"
+            )
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        session = self._http()
+        self._require_key()
+        return await self._transport.request(session, method, self.base_url + path, **kwargs)
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def submit(self, request: object, *, resubmit_uncertain: bool = False) -> Task:
+        """Create a task and return it as created (usually `pending`). Validates inputs first.
+
+        `request` is a `FaceSwap`, `MultiFaceSwap`, `VideoFaceSwap`, `RawTask` or a unified-API
+        dict. If the request was sent but no answer came back, raises `SubmissionUncertainError`
+        instead of risking a second paid task, unless `resubmit_uncertain=True`.
+        """
+        req = coerce_request(request)
+        self._http()
+        self._require_key()
+        payload = await req.build(self._resolve_media)
+        body = await _encode_json(payload)
+        print_ = fingerprint(payload)
+        sent_at = time.time()
+        envelope = await self._request(
+            "POST",
+            "/api/v1/task",
+            body=body,
+            kind="create",
+            fingerprint=print_,
+            request=req,
+            resubmit_uncertain=resubmit_uncertain,
+        )
+        try:
+            return structure_task(_data(envelope, "create task"))
+        except MalformedResponseError as exc:
+            # The service said yes but we cannot read the task: it probably exists and is paid for.
+            raise SubmissionUncertainError(
+                f"the task was probably created but its id is unreadable ({exc})",
+                fingerprint=print_,
+                sent_at=sent_at,
+                request=req,
+                cause=exc,
+            ) from exc
+
+    async def get_task(self, task_id: str) -> Task:
+        """The task's current state (one GET, retried on transient failures)."""
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidInputError(f"task_id must be a non-empty string, got {task_id!r}")
+        path = "/api/v1/task/" + urllib.parse.quote(task_id, safe="")
+        return structure_task(_data(await self._request("GET", path), "get task"))
+
+    async def wait(
+        self, task: Task | str, *, timeout: float | None = None, poll: PollPolicy | None = None
+    ) -> Task:
+        """Poll until the task is terminal and return it (failed tasks are returned, not raised).
+
+        Raises `WaitTimeoutError` after `timeout` seconds (default: the poll policy's); the
+        remote task is not cancelled. Cancelling the caller stops polling at once.
+        """
+        policy = poll or self.poll
+        last = task if isinstance(task, Task) else None
+        task_id = task.task_id if isinstance(task, Task) else task
+        if last is not None and last.status.is_terminal:
+            return last
+        if timeout is None:
+            is_video = last is not None and last.model == VIDEO_MODEL
+            timeout = policy.video_timeout if is_video else policy.timeout
+        intervals = policy.intervals(self._rng)
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            if last is not None:
+                await anyio.sleep(next(intervals))
+            while True:
+                last = await self.get_task(task_id)
+                if last.status.is_terminal:
+                    return last
+                await anyio.sleep(next(intervals))
+        raise WaitTimeoutError(task_id, last, timeout)
+
+    async def run(
+        self,
+        request: object,
+        *,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+        resubmit_uncertain: bool = False,
+    ) -> Task:
+        """Submit and wait; raise `TaskFailedError` unless the task completed."""
+        created = await self.submit(request, resubmit_uncertain=resubmit_uncertain)
+        done = await self.wait(created, timeout=timeout, poll=poll)
+        if not done.status.is_success:
+            raise TaskFailedError(done)
+        return done
+
+    async def face_swap(
+        self,
+        target: Image | str | bytes | os.PathLike[str],
+        swap: Image | str | bytes | os.PathLike[str],
+        *,
+        webhook: WebhookConfig | None = None,
+        service_mode: str | None = None,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+    ) -> Task:
+        """Swap the largest face in `target` for the largest face in `swap`; wait for the result."""
+        request = FaceSwap(target, swap, webhook=webhook, service_mode=service_mode)
+        return await self.run(request, timeout=timeout, poll=poll)
+
+    async def multi_face_swap(
+        self,
+        target: Image | str | bytes | os.PathLike[str],
+        swap: Image | str | bytes | os.PathLike[str],
+        swap_faces: Iterable[int],
+        target_faces: Iterable[int],
+        *,
+        webhook: WebhookConfig | None = None,
+        service_mode: str | None = None,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+    ) -> Task:
+        """Put face `swap_faces[i]` of `swap` on face `target_faces[i]` of `target`; wait for it."""
+        request = MultiFaceSwap(
+            target, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode
+        )
+        return await self.run(request, timeout=timeout, poll=poll)
+
+    async def video_face_swap(
+        self,
+        target_video: Video | str | bytes | os.PathLike[str],
+        swap: Image | str | bytes | os.PathLike[str],
+        swap_faces: Iterable[int] = (),
+        target_faces: Iterable[int] = (),
+        *,
+        webhook: WebhookConfig | None = None,
+        service_mode: str | None = None,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+    ) -> Task:
+        """Swap a face into every frame of an MP4; wait for the result (video deadline by default)."""
+        request = VideoFaceSwap(
+            target_video, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode
+        )
+        return await self.run(request, timeout=timeout, poll=poll)
+
+    async def account_info(self) -> AccountInfo:
+        """Balance, plan and concurrency limit of the API key's account."""
+        return structure_account(_data(await self._request("GET", "/account/info"), "account info"))
+
+    # -- results -------------------------------------------------------------------------------
+
+    async def download_bytes(
+        self, task: Task | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES
+    ) -> bytes:
+        """The result file's content (streamed, capped at `max_bytes`)."""
+        url = _result_url(task)
+        return await _download.fetch_bytes(self._http(), url, retry=self.retry, max_bytes=max_bytes)
+
+    async def download(
+        self,
+        task: Task | str,
+        dest: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        max_bytes: int = _download.DEFAULT_MAX_BYTES,
+    ) -> Path:
+        """Save the result to `dest` (a file, or a folder: then named after the task) and return the path.
+
+        Written to a temporary file beside `dest` and renamed into place, so `dest` never holds a
+        partial file. Results expire about 3 days after the task finished.
+        """
+        url = _result_url(task)
+        name = task.task_id if isinstance(task, Task) else None
+        return await _download.fetch_to_file(
+            self._http(),
+            url,
+            Path(dest),
+            name_hint=name,
+            overwrite=overwrite,
+            retry=self.retry,
+            max_bytes=max_bytes,
+        )
+
+    # -- media -------------------------------------------------------------------------------
+
+    async def _resolve_media(self, media: _Media) -> str:
+        if media.is_url:
+            return media.url
+        loaded = await media.load()
+        if len(loaded.data) > THREAD_THRESHOLD:
+            return await anyio.to_thread.run_sync(loaded.data_uri)
+        return loaded.data_uri()
+
+
+def _check_base_url(url: str, what: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidInputError(f"{what} must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _data(envelope: dict[str, Any], what: str) -> Any:
+    data = envelope.get("data")
+    if data is None:
+        raise MalformedResponseError(f"{what}: response has no data ({str(envelope.get('message'))[:200]!r})")
+    return data
+
+
+def _result_url(task: Task | str) -> str:
+    if isinstance(task, Task):
+        url = task.result_url
+        if url is None:
+            raise InvalidInputError(f"task {task.task_id} has no result URL (status: {task.status.value})")
+        return url
+    return task
+
+
+async def _encode_json(payload: dict[str, Any]) -> bytes:
+    def encode() -> bytes:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    size = sum(len(v) for v in payload.get("input", {}).values() if isinstance(v, str))
+    return await anyio.to_thread.run_sync(encode) if size > THREAD_THRESHOLD else encode()

@@ -1,0 +1,190 @@
+"""The error tree. Every exception the SDK raises on purpose is a `QubicoError`.
+
+Messages, reprs and attributes never contain the API key or a webhook secret.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models import Task
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "ClientClosedError",
+    "InsufficientPlanError",
+    "InvalidInputError",
+    "MalformedResponseError",
+    "MissingApiKeyError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QubicoError",
+    "RateLimitError",
+    "ResultExpiredError",
+    "ServerError",
+    "SubmissionUncertainError",
+    "TaskFailedError",
+    "TransportError",
+    "WaitTimeoutError",
+    "WebhookVerificationError",
+]
+
+
+class QubicoError(Exception):
+    """Base class of every error raised by qubico_async."""
+
+
+class InvalidInputError(QubicoError, ValueError):
+    """An input was rejected before any request was sent (nothing was paid for)."""
+
+
+class MissingApiKeyError(QubicoError):
+    """No API key: pass `api_key=` or set QUBICO_API_KEY (or PIAPI_API_KEY)."""
+
+
+class ClientClosedError(QubicoError, RuntimeError):
+    """The client is not open: use it inside `async with QubicoClient()`, and not after `aclose()`."""
+
+
+class TransportError(QubicoError):
+    """The request did not produce an HTTP response (connection refused, reset, timeout).
+
+    `sent` is False only when the failure proves the request never left this machine.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class MalformedResponseError(QubicoError):
+    """The service answered 2xx with a body that is not the documented shape."""
+
+
+class APIError(QubicoError):
+    """The service answered with an HTTP error status.
+
+    `status` is the HTTP status, `code` the envelope's code (if any), `message` the service's text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None = None,
+        method: str = "",
+        url: str = "",
+        body: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.method = method
+        self.url = url
+        self.body = body
+
+    def __str__(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method else ""
+        return f"HTTP {self.status}: {self.message}{where}"
+
+
+class BadRequestError(APIError, InvalidInputError):
+    """400: the service rejected the request's parameters."""
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing or wrong."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the account may not do this (plan, credits, or a disabled key)."""
+
+
+class InsufficientPlanError(PermissionDeniedError):
+    """403 from the File Upload API: uploads need the Creator plan or higher."""
+
+
+class NotFoundError(APIError):
+    """404: no such task (or it has expired)."""
+
+
+class ResultExpiredError(NotFoundError):
+    """The result file is gone from storage: results are kept about 3 days."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests. `retry_after` is the server's hint in seconds, if it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    """5xx: the service (or a proxy in front of it) failed."""
+
+
+class SubmissionUncertainError(QubicoError):
+    """The create request may or may not have created a (paid) task.
+
+    Raised instead of resubmitting when the request was sent but no answer came back.
+    `fingerprint` identifies the request body; `sent_at` is when it was sent (UNIX time);
+    `request` is what was submitted; `cause` is the underlying error. Reconcile before resubmitting.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        fingerprint: str,
+        sent_at: float,
+        request: object = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+        self.sent_at = sent_at
+        self.request = request
+        self.cause = cause
+
+
+class TaskFailedError(QubicoError):
+    """The task reached a terminal status other than completed. `task` is the final `Task`."""
+
+    def __init__(self, task: Task) -> None:
+        err = task.error
+        detail = err.message or err.raw_message if err is not None else ""
+        msg = f"task {task.task_id} {task.status.value}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.task = task
+
+
+class WaitTimeoutError(QubicoError, TimeoutError):
+    """The wait deadline passed. The remote task was not cancelled and may still finish.
+
+    `task_id` identifies it; `last_task` is the last state seen (None if no poll succeeded).
+    """
+
+    def __init__(self, task_id: str, last_task: Task | None, timeout: float | None) -> None:
+        status = last_task.status.value if last_task is not None else "unknown"
+        super().__init__(
+            f"task {task_id} not finished after {timeout}s (last status: {status}); "
+            "it is still running remotely: wait for it again or fetch it later with get_task()"
+        )
+        self.task_id = task_id
+        self.last_task = last_task
+        self.timeout = timeout
+
+
+class BudgetExceededError(QubicoError):
+    """Submitting would take spend over the budget."""
+
+
+class WebhookVerificationError(QubicoError):
+    """A webhook delivery did not carry the expected secret."""
