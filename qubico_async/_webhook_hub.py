@@ -1,0 +1,221 @@
+"""Routing task updates to code waiting on a task, and the webhook-or-polling race.
+
+`TaskRouter` is the transport-agnostic half of `webhooks.WebhookHub`: it knows tasks, not HTTP.
+Every update costs one dict lookup by task id, however many waiters exist. Waiters share one
+`anyio.Event` per task. Use it from one event loop; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from types import TracebackType
+
+import anyio
+
+from .errors import RateLimitError, ServerError, TransportError, WaitTimeoutError
+from .models import Task
+
+__all__ = ["TaskRouter", "TaskSubscription", "wait_first"]
+
+logger = logging.getLogger("qubico_async")
+
+#: Poll errors that `wait_first` logs and retries; anything else ends the wait.
+TRANSIENT_POLL_ERRORS = (TransportError, ServerError, RateLimitError)
+
+
+class _Slot:
+    """One task's waiters: how many subscriptions, the terminal `Task` once known, one shared event."""
+
+    __slots__ = ("count", "event", "result")
+
+    def __init__(self, result: Task | None) -> None:
+        self.count = 0
+        self.result = result
+        self.event: anyio.Event | None = None  # created lazily, inside the event loop
+
+    def resolve(self, task: Task) -> None:
+        if self.result is None:
+            self.result = task
+            if self.event is not None:
+                self.event.set()
+
+
+class TaskRouter:
+    """Latest known state per task (an LRU of `remember` tasks) and the subscriptions waiting on them."""
+
+    def __init__(self, *, remember: int = 10_000) -> None:
+        if remember < 1:
+            raise ValueError(f"remember must be >= 1, got {remember}")
+        self._remember = remember
+        self._latest: OrderedDict[str, Task] = OrderedDict()
+        self._slots: dict[str, _Slot] = {}
+        self._active = 0
+
+    @property
+    def waiting(self) -> int:
+        """The number of active subscriptions (0 once every `with hub.subscribe(...)` has exited)."""
+        return self._active
+
+    def latest(self, task_id: str) -> Task | None:
+        """The latest state seen for `task_id`; a terminal state is never replaced by a non-terminal one."""
+        return self._latest.get(task_id)
+
+    def resolve(self, task: Task) -> None:
+        """Record `task` (from a webhook or from polling); if terminal, wake everyone waiting on it."""
+        task_id = task.task_id
+        previous = self._latest.get(task_id)
+        # Deliveries arrive out of order and retried: a terminal state is final.
+        if previous is None or task.status.is_terminal or not previous.status.is_terminal:
+            self._latest[task_id] = task
+        self._latest.move_to_end(task_id)
+        if len(self._latest) > self._remember:
+            self._latest.popitem(last=False)
+        if task.status.is_terminal:
+            slot = self._slots.get(task_id)
+            if slot is not None:
+                slot.resolve(task)
+
+    def subscribe(self, task_id: str) -> TaskSubscription:
+        """Register interest in a task: `with hub.subscribe(id) as sub: task = await sub.terminal()`.
+
+        A task already seen terminal resolves at once. Leaving the `with` (also by cancellation)
+        unregisters. Any number of subscriptions per task.
+        """
+        return TaskSubscription(self, task_id)
+
+    def _enter(self, task_id: str) -> _Slot:
+        slot = self._slots.get(task_id)
+        if slot is None:
+            known = self._latest.get(task_id)
+            slot = _Slot(known if known is not None and known.status.is_terminal else None)
+            self._slots[task_id] = slot
+        slot.count += 1
+        self._active += 1
+        return slot
+
+    def _exit(self, task_id: str, slot: _Slot) -> None:
+        slot.count -= 1
+        self._active -= 1
+        if slot.count == 0 and self._slots.get(task_id) is slot:
+            del self._slots[task_id]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} waiting={self._active} tasks_known={len(self._latest)}>"
+
+
+class TaskSubscription:
+    """A registered interest in one task. Use as a context manager; `await terminal()` inside it."""
+
+    __slots__ = ("_router", "_slot", "task_id")
+
+    def __init__(self, router: TaskRouter, task_id: str) -> None:
+        self._router = router
+        self.task_id = task_id
+        self._slot: _Slot | None = None
+
+    def __enter__(self) -> TaskSubscription:
+        if self._slot is not None:
+            raise RuntimeError("this subscription is already active")
+        self._slot = self._router._enter(self.task_id)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._slot is not None:
+            self._router._exit(self.task_id, self._slot)
+            self._slot = None
+
+    @property
+    def result(self) -> Task | None:
+        """The terminal `Task` if it has arrived, else None (never blocks)."""
+        return self._slot.result if self._slot is not None else None
+
+    async def terminal(self) -> Task:
+        """Wait for the task's terminal state (from a webhook or from `resolve()`) and return it."""
+        slot = self._slot
+        if slot is None:
+            raise RuntimeError("use `with hub.subscribe(task_id) as sub:` before awaiting sub.terminal()")
+        if slot.result is None:
+            if slot.event is None:
+                slot.event = anyio.Event()
+            await slot.event.wait()
+        assert slot.result is not None
+        return slot.result
+
+    def __repr__(self) -> str:
+        state = "inactive" if self._slot is None else "resolved" if self._slot.result else "waiting"
+        return f"<TaskSubscription {self.task_id} {state}>"
+
+
+def _intervals(poll_interval: float | Iterable[float]) -> Iterator[float]:
+    if isinstance(poll_interval, (int, float)):
+        if not poll_interval >= 0:
+            raise ValueError(f"poll_interval must be >= 0, got {poll_interval!r}")
+        return itertools.repeat(float(poll_interval))
+    return iter(poll_interval)
+
+
+async def wait_first(
+    hub: TaskRouter,
+    task_id: str,
+    poll: Callable[[], Awaitable[Task]],
+    poll_interval: float | Iterable[float],
+    timeout: float | None,
+) -> Task:
+    """The terminal `Task` from whichever comes first: a webhook delivery to `hub`, or `poll()`.
+
+    `poll()` runs after each interval (a number, or an iterable such as `PollPolicy.intervals()`)
+    as the fallback for dropped deliveries; its results go through `hub.resolve()`, so other
+    waiters on the task benefit too. Transient poll errors (transport, 5xx, 429) are logged and
+    polling continues; any other error propagates. On the deadline raises `WaitTimeoutError`
+    with the last state seen; the remote task keeps running. The loser is cancelled, and the
+    subscription is gone when this returns, raises or is cancelled.
+    """
+    intervals = _intervals(poll_interval)
+    failure: Exception | None = None
+    last: Task | None = None
+    result: Task | None = None
+
+    with hub.subscribe(task_id) as sub:
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def by_webhook() -> None:
+                    nonlocal result
+                    result = await sub.terminal()
+                    tg.cancel_scope.cancel()
+
+                async def by_polling() -> None:
+                    nonlocal failure, last
+                    backoff = 0.0  # the server's Retry-After, if it sent one
+                    for interval in intervals:
+                        await anyio.sleep(max(interval, backoff))
+                        try:
+                            task = await poll()
+                        except TRANSIENT_POLL_ERRORS as exc:
+                            logger.warning("polling task %s failed, will retry: %s", task_id, exc)
+                            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+                            backoff = retry_after or 0.0
+                            continue
+                        except Exception as exc:
+                            failure = exc
+                            tg.cancel_scope.cancel()
+                            return
+                        last = task
+                        hub.resolve(task)  # a terminal state wakes `by_webhook` (and everyone else)
+                        if task.status.is_terminal:
+                            return
+
+                tg.start_soon(by_webhook)
+                tg.start_soon(by_polling)
+        if result is None and sub.result is not None:  # resolved in the same instant as the deadline
+            result = sub.result
+    if failure is not None:
+        raise failure
+    if result is None:
+        raise WaitTimeoutError(task_id, hub.latest(task_id) or last, timeout)
+    return result

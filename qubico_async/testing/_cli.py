@@ -1,0 +1,95 @@
+"""`python -m qubico_async emulator`: serve the emulator on a fixed port until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+import anyio
+
+from ._emulator import Emulator
+
+__all__ = ["build_parser", "main", "run_cli", "serve_forever"]
+
+DEFAULT_PORT = 8787
+
+
+def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Serve a local fake of PiAPI's face-swap API.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--api-key", default="emu-key", help="the key clients must send")
+    parser.add_argument("--pending-seconds", type=float, default=0.5, help="time a task stays pending")
+    parser.add_argument("--processing-seconds", type=float, default=2.0, help="time a task stays processing")
+    parser.add_argument("--failure-rate", type=float, default=0.0, help="probability a task ends failed")
+    parser.add_argument("--seed", type=int, default=0, help="seed for failures and faults")
+    parser.add_argument(
+        "--max-concurrent-tasks", type=int, default=10, help="max_concurrent_task_count in /account/info"
+    )
+    return parser
+
+
+async def serve_forever(
+    port: int = DEFAULT_PORT,
+    api_key: str = "emu-key",
+    *,
+    host: str = "127.0.0.1",
+    pending_seconds: float = 0.5,
+    processing_seconds: float = 2.0,
+    failure_rate: float = 0.0,
+    seed: int = 0,
+    max_concurrent_task_count: int = 10,
+    ready: Callable[[Emulator], None] | None = None,
+) -> None:
+    """Run an emulator until cancelled. `ready` (default: print the URL and key) is called once serving."""
+    async with Emulator(
+        api_key=api_key,
+        host=host,
+        port=port,
+        pending_seconds=pending_seconds,
+        processing_seconds=processing_seconds,
+        failure_rate=failure_rate,
+        seed=seed,
+        max_concurrent_task_count=max_concurrent_task_count,
+    ) as emu:
+        (ready or _announce)(emu)
+        await anyio.sleep_forever()
+
+
+def _announce(emu: Emulator) -> None:
+    print(f"qubico_async emulator serving at {emu.base_url}")
+    print(f"base_url: {emu.base_url}")
+    print(f"api_key:  {emu.api_key}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m qubico_async emulator [options]`. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if not 0.0 <= args.failure_rate <= 1.0:
+        print("error: --failure-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(
+            serve_forever(
+                args.port,
+                args.api_key,
+                host=args.host,
+                pending_seconds=args.pending_seconds,
+                processing_seconds=args.processing_seconds,
+                failure_rate=args.failure_rate,
+                seed=args.seed,
+                max_concurrent_task_count=args.max_concurrent_tasks,
+            )
+        )
+    except KeyboardInterrupt:
+        print("emulator stopped", file=sys.stderr)
+    except OSError as exc:  # port in use, bad host
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+run_cli = main
