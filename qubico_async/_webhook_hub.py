@@ -147,7 +147,9 @@ class TaskSubscription:
         return slot.result
 
     def __repr__(self) -> str:
-        state = "inactive" if self._slot is None else "resolved" if self._slot.result else "waiting"
+        state = (
+            "inactive" if self._slot is None else "resolved" if self._slot.result is not None else "waiting"
+        )
         return f"<TaskSubscription {self.task_id} {state}>"
 
 
@@ -186,11 +188,13 @@ async def wait_first(
 
                 async def by_webhook() -> None:
                     nonlocal result
-                    result = await sub.terminal()
+                    task = await sub.terminal()
+                    if result is None:
+                        result = task
                     tg.cancel_scope.cancel()
 
                 async def by_polling() -> None:
-                    nonlocal failure, last
+                    nonlocal failure, last, result
                     backoff = 0.0  # the server's Retry-After, if it sent one
                     for interval in intervals:
                         await anyio.sleep(max(interval, backoff))
@@ -206,8 +210,11 @@ async def wait_first(
                             tg.cancel_scope.cancel()
                             return
                         last = task
-                        hub.resolve(task)  # a terminal state wakes `by_webhook` (and everyone else)
+                        hub.resolve(task)  # wakes everyone else waiting on this task too
                         if task.status.is_terminal:
+                            if result is None:
+                                result = task
+                            tg.cancel_scope.cancel()
                             return
 
                 tg.start_soon(by_webhook)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -19,16 +20,19 @@ import anyio.to_thread
 from . import _download
 from ._convert import structure_account, structure_task
 from ._transport import Secret, Timeouts, Transport, fingerprint
+from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, content_digest, upload_body
 from .errors import (
     ClientClosedError,
+    InsufficientPlanError,
     InvalidInputError,
     MalformedResponseError,
     MissingApiKeyError,
+    PermissionDeniedError,
     SubmissionUncertainError,
     TaskFailedError,
     WaitTimeoutError,
 )
-from .media import THREAD_THRESHOLD, Image, Video, _Media
+from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
 from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, VideoFaceSwap, coerce_request
@@ -39,6 +43,7 @@ __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
 DEFAULT_BASE_URL = "https://api.piapi.ai"
 DEFAULT_UPLOAD_URL = "https://upload.theapi.app"
 DEFAULT_MAX_CONNECTIONS = 64
+logger = logging.getLogger("qubico_async")
 _ENV_KEYS = ("QUBICO_API_KEY", "PIAPI_API_KEY")
 
 _State = Literal["new", "open", "closed"]
@@ -83,6 +88,8 @@ class QubicoClient:
         self._session: aiohttp.ClientSession | None = session
         self._state: _State = "new"
         self._rng = random.Random()
+        self._uploads = UploadCache()
+        self._uploads_refused = False
 
     def __repr__(self) -> str:
         state = "closed" if self._state == "closed" else ("open" if self._session is not None else "new")
@@ -139,17 +146,28 @@ class QubicoClient:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def submit(self, request: object, *, resubmit_uncertain: bool = False) -> Task:
+    async def submit(
+        self, request: object, *, upload: UploadPolicy = "auto", resubmit_uncertain: bool = False
+    ) -> Task:
         """Create a task and return it as created (usually `pending`). Validates inputs first.
 
         `request` is a `FaceSwap`, `MultiFaceSwap`, `VideoFaceSwap`, `RawTask` or a unified-API
-        dict. If the request was sent but no answer came back, raises `SubmissionUncertainError`
+        dict. Local media is sent inline as base64 (`upload="never"`), through the File Upload
+        API (`"always"`), or, with `"auto"`, uploaded when it is over 2 MB or was already sent by
+        this client, and inlined otherwise (and whenever the plan does not allow uploads).
+        If the request was sent but no answer came back, raises `SubmissionUncertainError`
         instead of risking a second paid task, unless `resubmit_uncertain=True`.
         """
         req = coerce_request(request)
+        if upload not in ("auto", "always", "never"):
+            raise InvalidInputError(f"upload must be 'auto', 'always' or 'never', got {upload!r}")
         self._http()
         self._require_key()
-        payload = await req.build(self._resolve_media)
+
+        async def resolve(media: _Media) -> str:
+            return await self._resolve_media(media, upload)
+
+        payload = await req.build(resolve)
         body = await _encode_json(payload)
         print_ = fingerprint(payload)
         sent_at = time.time()
@@ -214,10 +232,11 @@ class QubicoClient:
         *,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        upload: UploadPolicy = "auto",
         resubmit_uncertain: bool = False,
     ) -> Task:
         """Submit and wait; raise `TaskFailedError` unless the task completed."""
-        created = await self.submit(request, resubmit_uncertain=resubmit_uncertain)
+        created = await self.submit(request, upload=upload, resubmit_uncertain=resubmit_uncertain)
         done = await self.wait(created, timeout=timeout, poll=poll)
         if not done.status.is_success:
             raise TaskFailedError(done)
@@ -232,10 +251,11 @@ class QubicoClient:
         service_mode: str | None = None,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        upload: UploadPolicy = "auto",
     ) -> Task:
         """Swap the largest face in `target` for the largest face in `swap`; wait for the result."""
         request = FaceSwap(target, swap, webhook=webhook, service_mode=service_mode)
-        return await self.run(request, timeout=timeout, poll=poll)
+        return await self.run(request, timeout=timeout, poll=poll, upload=upload)
 
     async def multi_face_swap(
         self,
@@ -248,12 +268,13 @@ class QubicoClient:
         service_mode: str | None = None,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        upload: UploadPolicy = "auto",
     ) -> Task:
         """Put face `swap_faces[i]` of `swap` on face `target_faces[i]` of `target`; wait for it."""
         request = MultiFaceSwap(
             target, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode
         )
-        return await self.run(request, timeout=timeout, poll=poll)
+        return await self.run(request, timeout=timeout, poll=poll, upload=upload)
 
     async def video_face_swap(
         self,
@@ -266,12 +287,13 @@ class QubicoClient:
         service_mode: str | None = None,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
+        upload: UploadPolicy = "auto",
     ) -> Task:
         """Swap a face into every frame of an MP4; wait for the result (video deadline by default)."""
         request = VideoFaceSwap(
             target_video, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode
         )
-        return await self.run(request, timeout=timeout, poll=poll)
+        return await self.run(request, timeout=timeout, poll=poll, upload=upload)
 
     async def account_info(self) -> AccountInfo:
         """Balance, plan and concurrency limit of the API key's account."""
@@ -313,13 +335,76 @@ class QubicoClient:
 
     # -- media -------------------------------------------------------------------------------
 
-    async def _resolve_media(self, media: _Media) -> str:
+    async def upload(self, source: _Media | str | bytes | os.PathLike[str]) -> str:
+        """Upload local media with the File Upload API and return its URL (kept 24 h by the service).
+
+        Checked like any input first. The same bytes are uploaded once per client; the URL is
+        reused for 23 hours. Needs the Creator plan or higher (`InsufficientPlanError` otherwise).
+        """
+        media = _coerce_media(source)
         if media.is_url:
             return media.url
         loaded = await media.load()
+        return await self._upload_loaded(loaded, await content_digest(loaded.data))
+
+    async def _upload_loaded(self, loaded: LoadedMedia, digest: str) -> str:
+        async def send() -> str:
+            session = self._http()
+            self._require_key()
+            body = await upload_body(loaded)
+            try:
+                envelope = await self._transport.request(
+                    session, "POST", self.upload_url + "/api/ephemeral_resource", body=body, kind="read"
+                )
+            except PermissionDeniedError as exc:
+                raise InsufficientPlanError(
+                    f"uploads need the Creator plan or higher: {exc.message}",
+                    status=exc.status,
+                    code=exc.code,
+                    method=exc.method,
+                    url=exc.url,
+                    body=exc.body,
+                ) from None
+            data = envelope.get("data")
+            url = data.get("url") if isinstance(data, dict) else None
+            url = url or envelope.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise MalformedResponseError("upload response has no http(s) url")
+            return url
+
+        return await self._uploads.get_or_upload(digest, send)
+
+    async def _resolve_media(self, media: _Media, policy: UploadPolicy) -> str:
+        """The string the service receives for `media`: its URL, an upload URL, or a data URI."""
+        if media.is_url:
+            return media.url
+        loaded = await media.load()
+        if policy != "never" and not (policy == "auto" and self._uploads_refused):
+            digest = await content_digest(loaded.data)
+            reused = self._uploads.seen(digest)
+            if policy == "always" or reused or len(loaded.data) > AUTO_UPLOAD_BYTES:
+                try:
+                    return await self._upload_loaded(loaded, digest)
+                except InsufficientPlanError:
+                    if policy == "always":
+                        raise
+                    self._uploads_refused = True
+                    logger.warning("uploads are not available on this plan; sending media inline from now on")
         if len(loaded.data) > THREAD_THRESHOLD:
             return await anyio.to_thread.run_sync(loaded.data_uri)
         return loaded.data_uri()
+
+
+def _coerce_media(source: object) -> _Media:
+    if isinstance(source, _Media):
+        return source
+    is_video = (
+        source[4:8] == b"ftyp"
+        if isinstance(source, bytes)
+        else isinstance(source, (str, os.PathLike))
+        and os.fspath(source).lower().split("?")[0].endswith(".mp4")
+    )
+    return Video.coerce(source) if is_video else Image.coerce(source)
 
 
 def _check_base_url(url: str, what: str) -> str:

@@ -51,7 +51,7 @@ SECRET_HEADER = "x-webhook-secret"  # noqa: S105 (a header name, not a password)
 MAX_BODY_BYTES = 1 << 20
 
 _MAX_TIMESTAMP = 2**63 - 1
-_DIGITS = re.compile(r"\s*\d{1,19}\s*")
+_DIGITS = re.compile(r"[ \t]*[0-9]{1,19}[ \t]*")  # ASCII only: `\d` and `\s` are Unicode-wide
 
 
 class MalformedWebhookError(MalformedResponseError):

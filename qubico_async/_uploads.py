@@ -1,0 +1,139 @@
+"""The File Upload API, and a cache so the same bytes are uploaded once per client.
+
+Uploaded files live 24 hours on the service; a cached URL is reused for `REUSE_SECONDS`
+(23 h), leaving an hour of margin for tasks that wait in a queue before fetching it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+from attrs import define, field
+
+from .media import THREAD_THRESHOLD, LoadedMedia
+
+__all__ = [
+    "AUTO_UPLOAD_BYTES",
+    "REUSE_SECONDS",
+    "UploadCache",
+    "UploadPolicy",
+    "content_digest",
+    "upload_body",
+]
+
+UploadPolicy = Literal["auto", "always", "never"]
+
+REUSE_SECONDS = 23 * 3600
+AUTO_UPLOAD_BYTES = 2 * 1024 * 1024
+"""With `upload="auto"`, local media larger than this is uploaded instead of inlined."""
+MAX_FILE_NAME = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+async def content_digest(data: bytes) -> str:
+    """sha256 of the content, off the event loop when large."""
+    if len(data) > THREAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_name(loaded: LoadedMedia) -> str:
+    stem, _, ext = loaded.filename.rpartition(".")
+    stem = _UNSAFE.sub("_", stem).strip("._") or "file"
+    return stem[: MAX_FILE_NAME - len(ext) - 1] + "." + ext
+
+
+async def upload_body(loaded: LoadedMedia) -> bytes:
+    """The JSON body `{file_name, file_data}` (base64, built off the loop when large)."""
+
+    def build() -> bytes:
+        data = base64.b64encode(loaded.data).decode("ascii")
+        return json.dumps({"file_name": _file_name(loaded), "file_data": data}).encode()
+
+    if len(loaded.data) > THREAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(build)
+    return build()
+
+
+@define
+class _Flight:
+    done: anyio.Event = field(factory=anyio.Event)
+    error: Exception | None = None
+
+
+@define
+class _Entry:
+    url: str
+    at: float
+
+
+@define
+class UploadCache:
+    """Content hash -> uploaded URL. Concurrent uploads of the same bytes share one request.
+
+    `seen()` remembers contents sent inline, so `upload="auto"` can upload what is reused.
+    """
+
+    reuse_seconds: float = REUSE_SECONDS
+    max_entries: int = 10_000
+    clock: Callable[[], float] = time.monotonic
+    _urls: OrderedDict[str, _Entry] = field(factory=OrderedDict, init=False)
+    _flights: dict[str, _Flight] = field(factory=dict, init=False)
+    _seen: OrderedDict[str, None] = field(factory=OrderedDict, init=False)
+    uploads: int = field(default=0, init=False)
+
+    def cached(self, digest: str) -> str | None:
+        entry = self._urls.get(digest)
+        if entry is None:
+            return None
+        if self.clock() - entry.at >= self.reuse_seconds:
+            del self._urls[digest]
+            return None
+        return entry.url
+
+    def seen(self, digest: str) -> bool:
+        """True if this content was sent before; records it either way."""
+        if digest in self._seen:
+            self._seen.move_to_end(digest)
+            return True
+        self._seen[digest] = None
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        return False
+
+    async def get_or_upload(self, digest: str, upload: Callable[[], Awaitable[str]]) -> str:
+        """The cached URL for `digest`, else the result of `upload()` (run once for concurrent callers)."""
+        while True:
+            url = self.cached(digest)
+            if url is not None:
+                return url
+            flight = self._flights.get(digest)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+        flight = _Flight()
+        self._flights[digest] = flight
+        try:
+            url = await upload()
+            self.uploads += 1
+            self._urls[digest] = _Entry(url, self.clock())
+            if len(self._urls) > self.max_entries:
+                self._urls.popitem(last=False)
+            return url
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[digest]
+            flight.done.set()
