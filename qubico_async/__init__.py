@@ -7,6 +7,7 @@ async with QubicoClient() as client:
 
 from ._transport import Timeouts
 from ._version import __version__
+from .batch import BatchReport, Job, Outcome, OutcomeStatus, Prices, Progress
 from .client import QubicoClient
 from .errors import (
     APIError,
@@ -50,6 +51,7 @@ __all__ = [
     "APIError",
     "AccountInfo",
     "AuthenticationError",
+    "BatchReport",
     "BadRequestError",
     "BudgetExceededError",
     "ClientClosedError",
@@ -57,12 +59,17 @@ __all__ = [
     "Image",
     "InsufficientPlanError",
     "InvalidInputError",
+    "Job",
     "MalformedResponseError",
     "MissingApiKeyError",
     "MultiFaceSwap",
     "NotFoundError",
+    "Outcome",
+    "OutcomeStatus",
     "PermissionDeniedError",
     "PollPolicy",
+    "Prices",
+    "Progress",
     "QubicoClient",
     "QubicoError",
     "RateLimitError",

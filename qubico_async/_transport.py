@@ -20,6 +20,7 @@ import aiohttp
 import anyio
 from attrs import field, frozen, validators
 
+from ._rate import RateController
 from ._version import __version__
 from .errors import (
     APIError,
@@ -151,10 +152,19 @@ def _error_for_status(
 class Transport:
     """Sends requests for one client. Holds no session: the client passes its own each time."""
 
-    def __init__(self, *, api_key: Secret | None, retry: RetryPolicy, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: Secret | None,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        limiter: RateController | None = None,
+    ) -> None:
         self._api_key = api_key
         self.retry = retry
         self.timeouts = timeouts
+        self.limiter = limiter or RateController()
+        self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0}
         self._rng = random.Random()
         self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"
 
@@ -190,10 +200,16 @@ class Transport:
         attempt = 0
         while True:
             attempt += 1
+            await self.limiter.acquire("create" if kind == "create" else "poll", max_wait=self.retry.cap)
             sent_at = time.time()
+            self.requests_sent[kind] += 1
             try:
                 return await self._send_once(session, method, url, body)
             except (TransportError, APIError, MalformedResponseError) as exc:
+                if isinstance(exc, RateLimitError):
+                    pause = exc.retry_after if self.retry.respect_retry_after else None
+                    cap = self.retry.max_retry_after
+                    self.limiter.on_rate_limited(None if pause is None else min(pause, cap))
                 retry = self._should_retry(exc, kind, resubmit_uncertain)
                 if retry and attempt < self.retry.max_attempts:
                     delay = self.retry.delay(attempt, retry_after_of(exc), self._rng)

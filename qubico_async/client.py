@@ -8,7 +8,7 @@ import os
 import random
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -18,9 +18,12 @@ import anyio
 import anyio.to_thread
 
 from . import _download
+from ._batch_runner import BatchRun
 from ._convert import structure_account, structure_task
+from ._mediainfo import VideoInfo
 from ._transport import Secret, Timeouts, Transport, fingerprint
 from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, content_digest, upload_body
+from .batch import Prices, Progress
 from .errors import (
     ClientClosedError,
     InsufficientPlanError,
@@ -35,7 +38,7 @@ from .errors import (
 from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
-from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, VideoFaceSwap, coerce_request
+from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
 from .retry import RetryPolicy
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
@@ -66,7 +69,7 @@ class QubicoClient:
         api_key: str | None = None,
         *,
         base_url: str = DEFAULT_BASE_URL,
-        upload_url: str = DEFAULT_UPLOAD_URL,
+        upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         retry: RetryPolicy | None = None,
@@ -78,7 +81,10 @@ class QubicoClient:
         key = api_key if api_key is not None else next(filter(None, map(os.environ.get, _ENV_KEYS)), None)
         self._api_key = Secret(key) if key else None
         self.base_url = _check_base_url(base_url, "base_url")
-        self.upload_url = _check_base_url(upload_url, "upload_url")
+        if upload_url is None and self.base_url == DEFAULT_BASE_URL:
+            upload_url = DEFAULT_UPLOAD_URL
+        # With a custom base_url (an emulator, a proxy) uploads go nowhere unless asked for.
+        self.upload_url = _check_base_url(upload_url, "upload_url") if upload_url is not None else None
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
@@ -158,26 +164,48 @@ class QubicoClient:
         If the request was sent but no answer came back, raises `SubmissionUncertainError`
         instead of risking a second paid task, unless `resubmit_uncertain=True`.
         """
+        prepared = await self._prepare(request, upload)
+        return await self._create(prepared, resubmit_uncertain=resubmit_uncertain)
+
+    async def _prepare(self, request: object, upload: UploadPolicy) -> Prepared:
+        """Check and load the media (each file read once), then build the wire payload."""
         req = coerce_request(request)
         if upload not in ("auto", "always", "never"):
             raise InvalidInputError(f"upload must be 'auto', 'always' or 'never', got {upload!r}")
         self._http()
         self._require_key()
+        loaded: dict[int, tuple[LoadedMedia, str]] = {}
+        frames: list[int] = []
+
+        async def load(media: _Media) -> tuple[LoadedMedia, str]:
+            if id(media) not in loaded:
+                content = await media.load()
+                loaded[id(media)] = (content, await content_digest(content.data))
+                if isinstance(content.info, VideoInfo) and content.info.frames is not None:
+                    frames.append(content.info.frames)
+            return loaded[id(media)]
+
+        async def canonical(media: _Media) -> str:
+            return media.url if media.is_url else "sha256:" + (await load(media))[1]
 
         async def resolve(media: _Media) -> str:
-            return await self._resolve_media(media, upload)
+            return media.url if media.is_url else await self._wire_media(*(await load(media)), upload)
 
+        identity = fingerprint(await req.build(canonical))
         payload = await req.build(resolve)
-        body = await _encode_json(payload)
-        print_ = fingerprint(payload)
+        return Prepared(request=req, payload=payload, identity=identity, frames=frames[0] if frames else None)
+
+    async def _create(self, prepared: Prepared, *, resubmit_uncertain: bool = False) -> Task:
+        """The paid POST: sent once unless the failure proves no task was created."""
+        body = await _encode_json(prepared.payload)
         sent_at = time.time()
         envelope = await self._request(
             "POST",
             "/api/v1/task",
             body=body,
             kind="create",
-            fingerprint=print_,
-            request=req,
+            fingerprint=prepared.identity,
+            request=prepared.request,
             resubmit_uncertain=resubmit_uncertain,
         )
         try:
@@ -186,9 +214,9 @@ class QubicoClient:
             # The service said yes but we cannot read the task: it probably exists and is paid for.
             raise SubmissionUncertainError(
                 f"the task was probably created but its id is unreadable ({exc})",
-                fingerprint=print_,
+                fingerprint=prepared.identity,
                 sent_at=sent_at,
-                request=req,
+                request=prepared.request,
                 cause=exc,
             ) from exc
 
@@ -299,6 +327,55 @@ class QubicoClient:
         """Balance, plan and concurrency limit of the API key's account."""
         return structure_account(_data(await self._request("GET", "/account/info"), "account info"))
 
+    def _requests_sent(self) -> dict[str, int]:
+        return {
+            "create": self._transport.requests_sent["create"],
+            "other": self._transport.requests_sent["read"],
+        }
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def swap_many(
+        self,
+        jobs: Iterable[object] | AsyncIterable[object],
+        *,
+        concurrency: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        budget_usd: float | None = None,
+        ordered: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+        upload: UploadPolicy = "auto",
+        resubmit_uncertain: bool = False,
+        prices: Prices | None = None,
+        poll: PollPolicy | None = None,
+    ) -> BatchRun:
+        """Run many jobs; iterate the result for one `Outcome` per job, as each finishes::
+
+            async with client.swap_many(jobs, concurrency=32, journal="run.sqlite", budget_usd=5) as batch:
+                async for outcome in batch:
+                    ...
+            print(batch.report)
+
+        `jobs` (`FaceSwap`/`MultiFaceSwap`/`VideoFaceSwap`/`RawTask`, or `Job(request, key=...)`)
+        is consumed lazily. At most `concurrency` tasks are in flight (default: the account's
+        `max_concurrent_task_count`, else 8). A failed job never stops the others; account
+        errors and the budget stop submitting and the remaining jobs come out `skipped`. With a
+        `journal`, a rerun skips finished jobs, polls submitted ones and never pays twice.
+        """
+        return BatchRun(
+            self,
+            jobs,
+            concurrency=concurrency,
+            journal=os.fspath(journal) if journal is not None else None,
+            budget_usd=budget_usd,
+            ordered=ordered,
+            on_progress=on_progress,
+            upload=upload,
+            resubmit_uncertain=resubmit_uncertain,
+            prices=prices or Prices(),
+            poll=poll,
+        )
+
     # -- results -------------------------------------------------------------------------------
 
     async def download_bytes(
@@ -348,13 +425,17 @@ class QubicoClient:
         return await self._upload_loaded(loaded, await content_digest(loaded.data))
 
     async def _upload_loaded(self, loaded: LoadedMedia, digest: str) -> str:
+        upload_url = self.upload_url
+        if upload_url is None:
+            raise InvalidInputError("uploads need an upload_url when base_url is not the default service")
+
         async def send() -> str:
             session = self._http()
             self._require_key()
             body = await upload_body(loaded)
             try:
                 envelope = await self._transport.request(
-                    session, "POST", self.upload_url + "/api/ephemeral_resource", body=body, kind="read"
+                    session, "POST", upload_url + "/api/ephemeral_resource", body=body, kind="read"
                 )
             except PermissionDeniedError as exc:
                 raise InsufficientPlanError(
@@ -374,13 +455,10 @@ class QubicoClient:
 
         return await self._uploads.get_or_upload(digest, send)
 
-    async def _resolve_media(self, media: _Media, policy: UploadPolicy) -> str:
-        """The string the service receives for `media`: its URL, an upload URL, or a data URI."""
-        if media.is_url:
-            return media.url
-        loaded = await media.load()
-        if policy != "never" and not (policy == "auto" and self._uploads_refused):
-            digest = await content_digest(loaded.data)
+    async def _wire_media(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str:
+        """What the service receives for local media: an upload URL or a data URI."""
+        auto_off = self._uploads_refused or self.upload_url is None
+        if policy != "never" and not (policy == "auto" and auto_off):
             reused = self._uploads.seen(digest)
             if policy == "always" or reused or len(loaded.data) > AUTO_UPLOAD_BYTES:
                 try:

@@ -11,7 +11,7 @@ from .errors import InvalidInputError
 from .media import Image, Video, _Media
 from .models import WebhookConfig
 
-__all__ = ["FaceSwap", "MultiFaceSwap", "RawTask", "Request", "VideoFaceSwap", "coerce_request"]
+__all__ = ["FaceSwap", "MultiFaceSwap", "Prepared", "RawTask", "Request", "VideoFaceSwap", "coerce_request"]
 
 MediaResolver = Callable[[_Media], Awaitable[str]]
 """Turns a media source into the string the service receives (URL or data URI)."""
@@ -193,6 +193,20 @@ class RawTask:
 
 
 Request = FaceSwap | MultiFaceSwap | VideoFaceSwap | RawTask
+
+
+@frozen
+class Prepared:
+    """A request checked, loaded and encoded, ready for the paid POST.
+
+    `identity` hashes the content (not the wire form), so it is stable across runs even when
+    media goes by upload URL one time and inline the next.
+    """
+
+    request: Request
+    payload: dict[str, Any] = field(repr=False)
+    identity: str
+    frames: int | None = None
 
 
 def coerce_request(value: object) -> Request:

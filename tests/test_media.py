@@ -85,7 +85,7 @@ async def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 
 async def test_directory_is_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="directory|not a file"):
+    with pytest.raises(InvalidInputError, match=r"directory|not a file"):
         await Image.from_path(tmp_path).load()
 
 

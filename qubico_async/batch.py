@@ -1,0 +1,133 @@
+"""What a batch takes and gives: `Job`, `Outcome`, `Progress`, `BatchReport` and `Prices`.
+
+The engine that runs a batch lives in `_batch_runner.py`; `QubicoClient.swap_many` starts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from attrs import field, frozen, validators
+
+from .models import Task
+from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, VideoFaceSwap, coerce_request
+
+__all__ = ["BatchReport", "Job", "Outcome", "OutcomeStatus", "Prices", "Progress"]
+
+OutcomeStatus = Literal["succeeded", "failed", "uncertain", "skipped"]
+"""`succeeded`/`failed`: the task finished. `uncertain`: its create may or may not have happened
+(see the journal; rerun with `resubmit_uncertain=True` to pay again). `skipped`: not submitted
+(budget, account error, or already done in the journal)."""
+
+
+def _to_request(value: object) -> Request:
+    return coerce_request(value)
+
+
+@frozen
+class Job:
+    """A request with an optional key that identifies it across runs (default: its content)."""
+
+    request: Request = field(converter=_to_request)
+    key: str | None = field(default=None, validator=validators.optional(validators.instance_of(str)))
+
+
+@frozen
+class Outcome:
+    """The result of one job. Exactly one per job, whatever happened."""
+
+    job: Job
+    key: str
+    index: int
+    status: OutcomeStatus
+    task: Task | None = None
+    error: BaseException | None = field(default=None, eq=False)
+    reason: str = ""
+    spend_usd: float = 0.0
+    queued_at: float = 0.0
+    submitted_at: float | None = None
+    finished_at: float = 0.0
+    replayed: bool = False
+    """True when the outcome comes from the journal of an earlier run (nothing was sent)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+@frozen
+class Prices:
+    """USD per task kind, for the budget. `meta.usage.consume` wins once a task reports it.
+
+    The single face-swap and per-frame video prices are not published: override them if your
+    invoice says otherwise. `consume_to_usd` converts the service's `consume` figure to USD.
+    """
+
+    face_swap: float = 0.01
+    multi_face_swap: float = 0.015
+    video_per_frame: float = 0.002
+    max_video_frames: int = 600
+    consume_to_usd: float = 1.0
+
+    def estimate(self, request: Request, frames: int | None = None) -> float:
+        """The most this request can cost (video: per frame, 600 frames when the count is unknown)."""
+        if isinstance(request, VideoFaceSwap):
+            return self.video_per_frame * (frames if frames is not None else self.max_video_frames)
+        if isinstance(request, MultiFaceSwap):
+            return self.multi_face_swap
+        if isinstance(request, FaceSwap):
+            return self.face_swap
+        assert isinstance(request, RawTask)
+        if request.model == "Qubico/video-toolkit":
+            return self.video_per_frame * self.max_video_frames
+        return self.multi_face_swap if request.task_type == "multi-face-swap" else self.face_swap
+
+    def actual(self, task: Task, estimate: float) -> float:
+        """What a finished task cost: the reported consumption, else the estimate."""
+        usage = task.meta.usage
+        if usage is not None and usage.consume is not None and usage.consume >= 0:
+            return usage.consume * self.consume_to_usd
+        return estimate
+
+
+@frozen
+class Progress:
+    """A snapshot for progress bars. `total` is None when the job count is unknown."""
+
+    total: int | None
+    done: int
+    succeeded: int
+    failed: int
+    uncertain: int
+    skipped: int
+    in_flight: int
+    spend_usd: float
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        """Finished jobs per second."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, when the total is known and progress has been made."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.done) / self.rate
+
+
+@frozen
+class BatchReport:
+    """Counts by status, money spent, requests sent and wall time, at the end of a batch."""
+
+    counts: Mapping[str, int]
+    spend_usd: float
+    requests: Mapping[str, int]
+    wall_time: float
+    stopped_reason: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
