@@ -145,11 +145,14 @@ class BatchRun:
 
     async def aclose(self) -> None:
         """Stop submitting, cancel polling, close the journal. Safe to call more than once."""
+        await self._join(cancel=True)
+
+    async def _join(self, *, cancel: bool) -> None:
         supervisor = self._supervisor
         if supervisor is None:
             return
         with anyio.CancelScope(shield=True):
-            if not supervisor.done():
+            if cancel and not supervisor.done():
                 supervisor.cancel()
             await asyncio.wait([supervisor])
 
@@ -159,6 +162,7 @@ class BatchRun:
         self._requests_at_start = dict(self._client._requests_sent())
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(send))
         pending: dict[int, Outcome] = {}
+        finished = False
         try:
             async with receive:
                 async for outcome in receive:
@@ -171,10 +175,12 @@ class BatchRun:
                         self._next_to_yield += 1
                         self._advanced.set()
                         yield ready
+            finished = True
         finally:
-            await self.aclose()
+            # Ran to the end: let the supervisor finish its bookkeeping. Left early: stop it.
+            await self._join(cancel=not finished)
         supervisor = self._supervisor
-        if supervisor is not None and not supervisor.cancelled() and supervisor.exception() is not None:
+        if not supervisor.cancelled() and supervisor.exception() is not None:
             raise supervisor.exception()  # type: ignore[misc]
 
     # -- supervisor ---------------------------------------------------------------------------
@@ -267,9 +273,7 @@ class BatchRun:
         estimate = self._prices.estimate(prepared.request, prepared.frames)
         if entry is not None and entry.state == "finished":
             replay = structure_task(entry.result) if entry.result and "task_id" in entry.result else None
-            return done(
-                "skipped", task=replay, reason=f"already {entry.outcome} in the journal", replayed=True
-            )
+            return done("skipped", task=replay, reason=f"already {entry.outcome} in the journal", replayed=True)
         if entry is not None and entry.state == "submitted" and entry.task_id:
             task_id = entry.task_id  # created by an earlier run: poll it, never create it again
             self._reserved += estimate

@@ -225,10 +225,7 @@ def _structure(data: Any, cls: type[T], what: str) -> T:
         AttributeError,
         OverflowError,
     ) as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc))
-        else:
-            detail = str(exc)
+        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else str(exc)
         raise MalformedResponseError(f"unexpected {what} shape: {detail[:300]}") from None
     except RecursionError:
         raise MalformedResponseError(f"unexpected {what} shape: nested too deeply") from None

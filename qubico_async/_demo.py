@@ -101,9 +101,7 @@ async def run_demo(out: Path, say: Callable[[str], None] = print) -> list[Path]:
             path = await client.download(task, out / f"{case.name}{_ext(task)}", overwrite=True)
             written.append(path)
             say(f"  {case.title:45s} -> {path}")
-            rows.append(
-                (case.title, _photo(case.target), _photo(case.swap), await anyio.Path(path).read_bytes())
-            )
+            rows.append((case.title, _photo(case.target), _photo(case.swap), await anyio.Path(path).read_bytes()))
     comparison = await anyio.to_thread.run_sync(_comparison, rows, out / "comparison.png")
     if comparison is not None:
         written.append(comparison)
@@ -134,9 +132,7 @@ def _comparison(rows: list[tuple[str, bytes, bytes, bytes]], dest: Path) -> Path
             for data in images:
                 img: Any = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
                 scale = height / img.shape[0]
-                cells.append(
-                    cv2.resize(img, (round(img.shape[1] * scale), height), interpolation=cv2.INTER_AREA)
-                )
+                cells.append(cv2.resize(img, (round(img.shape[1] * scale), height), interpolation=cv2.INTER_AREA))
                 cells.append(np.full((height, gap, 3), 255, np.uint8))
             row = np.hstack(cells[:-1])
             label = np.full((30, row.shape[1], 3), 255, np.uint8)

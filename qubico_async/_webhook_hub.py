@@ -147,9 +147,7 @@ class TaskSubscription:
         return slot.result
 
     def __repr__(self) -> str:
-        state = (
-            "inactive" if self._slot is None else "resolved" if self._slot.result is not None else "waiting"
-        )
+        state = "inactive" if self._slot is None else "resolved" if self._slot.result is not None else "waiting"
         return f"<TaskSubscription {self.task_id} {state}>"
 
 

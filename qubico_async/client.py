@@ -152,9 +152,7 @@ class QubicoClient:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def submit(
-        self, request: object, *, upload: UploadPolicy = "auto", resubmit_uncertain: bool = False
-    ) -> Task:
+    async def submit(self, request: object, *, upload: UploadPolicy = "auto", resubmit_uncertain: bool = False) -> Task:
         """Create a task and return it as created (usually `pending`). Validates inputs first.
 
         `request` is a `FaceSwap`, `MultiFaceSwap`, `VideoFaceSwap`, `RawTask` or a unified-API
@@ -227,9 +225,7 @@ class QubicoClient:
         path = "/api/v1/task/" + urllib.parse.quote(task_id, safe="")
         return structure_task(_data(await self._request("GET", path), "get task"))
 
-    async def wait(
-        self, task: Task | str, *, timeout: float | None = None, poll: PollPolicy | None = None
-    ) -> Task:
+    async def wait(self, task: Task | str, *, timeout: float | None = None, poll: PollPolicy | None = None) -> Task:
         """Poll until the task is terminal and return it (failed tasks are returned, not raised).
 
         Raises `WaitTimeoutError` after `timeout` seconds (default: the poll policy's); the
@@ -299,9 +295,7 @@ class QubicoClient:
         upload: UploadPolicy = "auto",
     ) -> Task:
         """Put face `swap_faces[i]` of `swap` on face `target_faces[i]` of `target`; wait for it."""
-        request = MultiFaceSwap(
-            target, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode
-        )
+        request = MultiFaceSwap(target, swap, swap_faces, target_faces, webhook=webhook, service_mode=service_mode)
         return await self.run(request, timeout=timeout, poll=poll, upload=upload)
 
     async def video_face_swap(
@@ -378,9 +372,7 @@ class QubicoClient:
 
     # -- results -------------------------------------------------------------------------------
 
-    async def download_bytes(
-        self, task: Task | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES
-    ) -> bytes:
+    async def download_bytes(self, task: Task | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES) -> bytes:
         """The result file's content (streamed, capped at `max_bytes`)."""
         url = _result_url(task)
         return await _download.fetch_bytes(self._http(), url, retry=self.retry, max_bytes=max_bytes)
@@ -479,8 +471,7 @@ def _coerce_media(source: object) -> _Media:
     is_video = (
         source[4:8] == b"ftyp"
         if isinstance(source, bytes)
-        else isinstance(source, (str, os.PathLike))
-        and os.fspath(source).lower().split("?")[0].endswith(".mp4")
+        else isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().split("?")[0].endswith(".mp4")
     )
     return Video.coerce(source) if is_video else Image.coerce(source)
 

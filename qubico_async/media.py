@@ -89,8 +89,7 @@ class _Media:
         if ext not in cls.URL_EXTENSIONS:
             allowed = "/".join(cls.URL_EXTENSIONS)
             raise InvalidInputError(
-                f"{_short(url)}: the service requires a {cls.KIND} URL path ending in {allowed} "
-                f"(got {ext or 'none'})"
+                f"{_short(url)}: the service requires a {cls.KIND} URL path ending in {allowed} (got {ext or 'none'})"
             )
         return cls(kind="url", value=url, name=_short(url))
 
@@ -139,8 +138,7 @@ class _Media:
         if isinstance(value, os.PathLike):
             return cls.from_path(value)
         raise InvalidInputError(
-            f"cannot use a {type(value).__name__} as {cls.KIND}: "
-            f"pass a path, URL, data URI, bytes or {cls.__name__}"
+            f"cannot use a {type(value).__name__} as {cls.KIND}: pass a path, URL, data URI, bytes or {cls.__name__}"
         )
 
     @property
@@ -217,8 +215,7 @@ class Image(_Media):
             raise InvalidInputError(f"{self.name}: {exc} (supported: JPEG, PNG, WebP)") from None
         if info.width > MAX_IMAGE_SIDE or info.height > MAX_IMAGE_SIDE:
             raise InvalidInputError(
-                f"{self.name}: is {info.width}x{info.height} pixels; "
-                f"the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+                f"{self.name}: is {info.width}x{info.height} pixels; the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
             )
         return info
 

@@ -36,9 +36,7 @@ class PollPolicy:
     @classmethod
     def instant(cls, timeout: float | None = 30.0) -> PollPolicy:
         """Poll back to back (for tests against the emulator), still with a deadline."""
-        return cls(
-            initial=0.0, factor=1.0, max_interval=0.0, jitter=0.0, timeout=timeout, video_timeout=timeout
-        )
+        return cls(initial=0.0, factor=1.0, max_interval=0.0, jitter=0.0, timeout=timeout, video_timeout=timeout)
 
     def intervals(self, rng: random.Random | None = None) -> Iterator[float]:
         """The waits between consecutive polls, forever."""

@@ -59,9 +59,7 @@ def _config(webhook: WebhookConfig | None, service_mode: str | None) -> dict[str
     return config or None
 
 
-def _payload(
-    model: str, task_type: str, inputs: dict[str, Any], config: dict[str, Any] | None
-) -> dict[str, Any]:
+def _payload(model: str, task_type: str, inputs: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": model, "task_type": task_type, "input": inputs}
     if config:
         payload["config"] = config
@@ -176,9 +174,7 @@ class RawTask:
             raise InvalidInputError(f"unknown task keys: {', '.join(sorted(unknown))}")
         config = data.get("config") or {}
         hook = config.get("webhook_config") if isinstance(config, Mapping) else None
-        webhook = (
-            WebhookConfig(hook["endpoint"], hook.get("secret", "")) if hook and hook.get("endpoint") else None
-        )
+        webhook = WebhookConfig(hook["endpoint"], hook.get("secret", "")) if hook and hook.get("endpoint") else None
         return cls(
             model=data.get("model", ""),
             task_type=data.get("task_type", ""),

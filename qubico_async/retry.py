@@ -51,9 +51,7 @@ class RetryPolicy:
         """Retry without waiting (for tests against the emulator)."""
         return cls(max_attempts=max_attempts, base=0.0, cap=0.0, jitter=0.0, max_retry_after=0.0)
 
-    def delay(
-        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
-    ) -> float:
+    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to sleep after failed attempt number `attempt` (1-based)."""
         if self.respect_retry_after and retry_after is not None:
             return max(0.0, min(retry_after, self.max_retry_after))

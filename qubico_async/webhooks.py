@@ -114,17 +114,13 @@ def _timestamp(value: object) -> int:
     elif isinstance(value, str) and _DIGITS.fullmatch(value):
         number = int(value)
     else:
-        raise MalformedWebhookError(
-            f"webhook `timestamp` must be integer unix seconds, got {type(value).__name__}"
-        )
+        raise MalformedWebhookError(f"webhook `timestamp` must be integer unix seconds, got {type(value).__name__}")
     if not 0 <= number <= _MAX_TIMESTAMP:
         raise MalformedWebhookError("webhook `timestamp` is out of range")
     return number
 
 
-def parse(
-    body: bytes | bytearray | str | Mapping[str, Any], *, max_bytes: int = MAX_BODY_BYTES
-) -> WebhookEvent:
+def parse(body: bytes | bytearray | str | Mapping[str, Any], *, max_bytes: int = MAX_BODY_BYTES) -> WebhookEvent:
     """A `WebhookEvent` from a delivery body (raw JSON or already decoded), or `MalformedWebhookError`.
 
     `data` accepts every task variant the client accepts (any status case, null logs/output, `{}` meta).
@@ -142,9 +138,7 @@ def parse(
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
             raise MalformedWebhookError(f"webhook body is not valid JSON: {exc}") from None
     else:
-        raise MalformedWebhookError(
-            f"webhook body must be bytes, str or a mapping, got {type(body).__name__}"
-        )
+        raise MalformedWebhookError(f"webhook body must be bytes, str or a mapping, got {type(body).__name__}")
 
     if not isinstance(doc, Mapping):
         raise MalformedWebhookError(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qubico_async import PollPolicy, QubicoClient, RetryPolicy
-from qubico_async.testing import Emulator
+from qubico_async.testing import Emulator, identity
 
 pytest_plugins = ["qubico_async.testing.pytest_plugin"]
 
@@ -27,7 +27,7 @@ def fixtures() -> Path:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(api_key="emu-test-key", seed=1) as server:
+    async with Emulator(api_key="emu-test-key", seed=1, processor=identity) as server:
         yield server
 
 

@@ -35,13 +35,7 @@ pytestmark = pytest.mark.anyio
 def png(i: int, size: int = 64) -> bytes:
     """A distinct valid PNG per i (the emulator checks headers; content only has to differ)."""
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    head = (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + b"IHDR"
-        + ihdr
-        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    )
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return head + f"job-{i}".encode()
 
 
@@ -84,9 +78,7 @@ async def test_one_outcome_per_job_with_mixed_failures(client_b: QubicoClient, e
     assert emu_b.stats.creates == 20
 
 
-async def test_invalid_input_fails_that_job_only(
-    client_b: QubicoClient, emu_b: Emulator, tmp_path: Path
-) -> None:
+async def test_invalid_input_fails_that_job_only(client_b: QubicoClient, emu_b: Emulator, tmp_path: Path) -> None:
     batch = [*jobs(3), FaceSwap(tmp_path / "missing.jpg", FACE), *jobs(2, start=3)]
     outcomes = [o async for o in client_b.swap_many(batch, concurrency=2)]
     assert Counter(o.status for o in outcomes) == {"succeeded": 5, "failed": 1}
@@ -165,9 +157,7 @@ def emu_b_target(request: FaceSwap) -> str:
     return "data:image/png;base64," + base64.b64encode(request.target.value).decode()  # type: ignore[arg-type]
 
 
-async def test_jobs_are_consumed_lazily_and_break_stops_everything(
-    client_b: QubicoClient, emu_b: Emulator
-) -> None:
+async def test_jobs_are_consumed_lazily_and_break_stops_everything(client_b: QubicoClient, emu_b: Emulator) -> None:
     pulled = 0
 
     def endless() -> Iterator[FaceSwap]:
@@ -219,9 +209,7 @@ async def test_budget_uses_the_price_table(client_b: QubicoClient, emu_b: Emulat
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_account_error_stops_the_batch_at_once(
-    client_b: QubicoClient, emu_b: Emulator, status: int
-) -> None:
+async def test_account_error_stops_the_batch_at_once(client_b: QubicoClient, emu_b: Emulator, status: int) -> None:
     emu_b.faults.script("create", status, f'{{"code":{status},"message":"credits exhausted"}}', times=1000)
     async with client_b.swap_many(jobs(15), concurrency=1) as batch:
         outcomes = [o async for o in batch]
@@ -233,9 +221,7 @@ async def test_account_error_stops_the_batch_at_once(
 
 async def test_429_storm_every_job_accounted_for(emu_b: Emulator) -> None:
     # 200 rate-limit answers spread over creates and polls
-    emu_b.faults.script(
-        "any", 429, '{"code":429,"message":"too many"}', headers={"Retry-After": "0"}, times=200
-    )
+    emu_b.faults.script("any", 429, '{"code":429,"message":"too many"}', headers={"Retry-After": "0"}, times=200)
     policy = RetryPolicy(max_attempts=50, base=0.001, cap=0.01, jitter=0.5)
     async with (
         QubicoClient(api_key="k", base_url=emu_b.base_url, retry=policy, poll=PollPolicy.instant()) as c,

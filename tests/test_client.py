@@ -61,9 +61,7 @@ async def test_url_inputs_are_sent_verbatim(client: QubicoClient, emu: Emulator,
     assert emu.tasks[task.task_id].input["target_image"] == url
 
 
-async def test_multi_face_swap_sends_index_strings(
-    client: QubicoClient, emu: Emulator, fixtures: Path
-) -> None:
+async def test_multi_face_swap_sends_index_strings(client: QubicoClient, emu: Emulator, fixtures: Path) -> None:
     group = fixtures / "group-two-faces.jpg"
     task = await client.multi_face_swap(group, group, swap_faces=[0, 1], target_faces=[1, 0])
     assert task.status.is_success
@@ -83,13 +81,9 @@ async def test_video_face_swap(client: QubicoClient, emu: Emulator, fixtures: Pa
     assert (await client.download_bytes(task))[4:8] == b"ftyp"
 
 
-async def test_submit_raw_unified_task_dict_and_rawtask(
-    client: QubicoClient, emu: Emulator, fixtures: Path
-) -> None:
+async def test_submit_raw_unified_task_dict_and_rawtask(client: QubicoClient, emu: Emulator, fixtures: Path) -> None:
     face = Image.from_path(fixtures / "astronaut.jpg")
-    raw = RawTask(
-        model="Qubico/image-toolkit", task_type="face-swap", input={"target_image": face, "swap_image": face}
-    )
+    raw = RawTask(model="Qubico/image-toolkit", task_type="face-swap", input={"target_image": face, "swap_image": face})
     created = await client.submit(raw)
     assert created.status is TaskStatus.PENDING
     url = emu.host_file((fixtures / "astronaut.jpg").read_bytes(), "a.jpg")
@@ -105,9 +99,7 @@ async def test_submit_raw_unified_task_dict_and_rawtask(
 
 async def test_webhook_config_is_sent(client: QubicoClient, emu: Emulator, fixtures: Path) -> None:
     hook = WebhookConfig("http://127.0.0.1:9/hook", "hook-secret")
-    task = await client.submit(
-        FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg", webhook=hook)
-    )
+    task = await client.submit(FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg", webhook=hook))
     assert emu.tasks[task.task_id].config["webhook_config"] == {
         "endpoint": hook.endpoint,
         "secret": "hook-secret",
@@ -143,9 +135,7 @@ async def test_failed_task_raises_task_failed_error_with_task(
     assert "no face detected" in str(info.value)
 
 
-async def test_wait_returns_failed_task_without_raising(
-    client: QubicoClient, emu: Emulator, fixtures: Path
-) -> None:
+async def test_wait_returns_failed_task_without_raising(client: QubicoClient, emu: Emulator, fixtures: Path) -> None:
     emu.fail_next(1)
     created = await client.submit(FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg"))
     done = await client.wait(created)
@@ -211,9 +201,7 @@ async def test_cancelling_wait_leaves_no_task_or_connection(fixtures: Path) -> N
 
 async def test_borrowed_session_is_never_closed(emu: Emulator, fixtures: Path) -> None:
     async with aiohttp.ClientSession() as session:
-        c = QubicoClient(
-            api_key=emu.api_key, base_url=emu.base_url, session=session, poll=PollPolicy.instant()
-        )
+        c = QubicoClient(api_key=emu.api_key, base_url=emu.base_url, session=session, poll=PollPolicy.instant())
         task = await c.submit(FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg"))
         await c.aclose()
         assert not session.closed
@@ -281,9 +269,7 @@ async def test_inputs_are_checked_before_any_request(
         ([], [], "at least one"),
     ],
 )
-def test_multi_face_indices_validated(
-    swap_faces: object, target_faces: object, match: str, fixtures: Path
-) -> None:
+def test_multi_face_indices_validated(swap_faces: object, target_faces: object, match: str, fixtures: Path) -> None:
     with pytest.raises(InvalidInputError, match=match):
         MultiFaceSwap(fixtures / "astronaut.jpg", fixtures / "astronaut.jpg", swap_faces, target_faces)  # type: ignore[arg-type]
 

@@ -85,9 +85,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
 
 
-async def test_download_to_file_and_folder(
-    client: QubicoClient, storage: tuple[Storage, str], tmp_path: Path
-) -> None:
+async def test_download_to_file_and_folder(client: QubicoClient, storage: tuple[Storage, str], tmp_path: Path) -> None:
     _, base = storage
     out = await client.download(_task(f"{base}/x.png"), tmp_path / "out.png")
     assert out == tmp_path / "out.png"

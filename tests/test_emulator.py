@@ -16,8 +16,8 @@ import aiohttp
 import anyio
 import pytest
 
-from qubico_async.testing import DEFAULT_FAILURE_MESSAGE, Emulator, Faults, SwapJob
-from qubico_async.testing._cli import build_parser, main, serve_forever
+from qubico_async.testing import DEFAULT_FAILURE_MESSAGE, Emulator, Faults, SwapJob, _faceswap, identity
+from qubico_async.testing._cli import _announce, build_parser, main, serve_forever
 from qubico_async.testing._faults import TokenBucket, retry_after_header
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -136,7 +136,7 @@ class Api:
 
 
 async def test_create_then_statuses_follow_the_clock(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, pending_seconds=5, processing_seconds=10) as emu:
+    async with Emulator(api_key=KEY, processor=identity, pending_seconds=5, processing_seconds=10) as emu:
         api = Api(http, emu)
         hook = {"endpoint": "https://example.com/hook", "secret": "s3cr3t"}
         status, body, headers = await api.create(
@@ -189,7 +189,7 @@ async def test_create_then_statuses_follow_the_clock(http: aiohttp.ClientSession
 
 
 async def test_zero_durations_complete_on_first_get(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         _, body, _ = await api.create(face_swap_body())
         assert body["data"]["status"] == "pending"  # the create answer is always the task as created
@@ -199,7 +199,7 @@ async def test_zero_durations_complete_on_first_get(http: aiohttp.ClientSession)
 
 
 async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         body = {
             "model": IMAGE,
@@ -222,7 +222,7 @@ async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) ->
 
 async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
     video = tiny_mp4(frames=10)
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         body = {
             "model": VIDEO,
@@ -240,7 +240,7 @@ async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
 
 
 async def test_url_inputs_resolve_only_on_this_emulator(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         hosted = emu.host_file(HOPPER)
         assert hosted.startswith(f"{emu.base_url}/files/") and hosted.endswith(".jpg")
@@ -269,7 +269,7 @@ async def test_url_inputs_resolve_only_on_this_emulator(http: aiohttp.ClientSess
 
 
 async def test_auth(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         for key in (None, "wrong", ""):
             api = Api(http, emu, key=key)
             for status, body, _ in (
@@ -286,7 +286,7 @@ async def test_auth(http: aiohttp.ClientSession) -> None:
 
 
 async def test_unknown_task_route_and_method(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         status, body, _ = await api.get("90efd2db-bcfc-413f-a0be-c893850c9d68")
         assert status == 404
@@ -379,7 +379,7 @@ INVALID: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("body", "message"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 async def test_create_validation(http: aiohttp.ClientSession, body: Any, message: str) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         raw = body if isinstance(body, bytes) else None
         status, payload, _ = await api.create(body, raw=raw)
@@ -392,7 +392,7 @@ async def test_create_validation(http: aiohttp.ClientSession, body: Any, message
 
 
 async def test_create_rejects_media_over_10_mib(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         big = ASTRONAUT + b"\0" * (10 * 1024 * 1024)  # a valid JPEG header, but too many bytes
         status, payload, _ = await api.create(face_swap_body(target=b64(big)))
@@ -405,7 +405,7 @@ async def test_create_rejects_media_over_10_mib(http: aiohttp.ClientSession) -> 
 
 
 async def test_failure_rate_one_fails_every_task(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, failure_rate=1.0, processing_seconds=3) as emu:
+    async with Emulator(api_key=KEY, processor=identity, failure_rate=1.0, processing_seconds=3) as emu:
         api = Api(http, emu)
         task_id = await api.new_task()
         assert (await api.task(task_id))["status"] == "processing"
@@ -426,7 +426,7 @@ async def test_failure_rate_one_fails_every_task(http: aiohttp.ClientSession) ->
 async def test_failure_rate_is_seeded(http: aiohttp.ClientSession) -> None:
     outcomes = []
     for _ in range(2):
-        async with Emulator(api_key=KEY, failure_rate=0.5, seed=7) as emu:
+        async with Emulator(api_key=KEY, processor=identity, failure_rate=0.5, seed=7) as emu:
             api = Api(http, emu)
             ids = [await api.new_task() for _ in range(12)]
             outcomes.append([(await api.task(i))["status"] for i in ids])
@@ -435,7 +435,7 @@ async def test_failure_rate_is_seeded(http: aiohttp.ClientSession) -> None:
 
 
 async def test_fail_next(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         emu.fail_next(2, message="face swap failed: boom")
         results = [await api.task(await api.new_task()) for _ in range(3)]
@@ -447,7 +447,7 @@ async def test_task_transform_and_envelope_code(http: aiohttp.ClientSession) -> 
     def shout(task: dict[str, Any]) -> dict[str, Any]:
         return {**task, "status": task["status"].upper(), "logs": None}
 
-    async with Emulator(api_key=KEY, task_transform=shout) as emu:
+    async with Emulator(api_key=KEY, processor=identity, task_transform=shout) as emu:
         api = Api(http, emu)
         _, created, _ = await api.create(face_swap_body())
         assert created["data"]["status"] == "PENDING" and created["data"]["logs"] is None
@@ -463,7 +463,7 @@ async def test_task_transform_and_envelope_code(http: aiohttp.ClientSession) -> 
 
 
 async def test_account_info(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, max_concurrent_task_count=3, balance_usd=1.0) as emu:
+    async with Emulator(api_key=KEY, processor=identity, max_concurrent_task_count=3, balance_usd=1.0) as emu:
         api = Api(http, emu)
         status, body, _ = await api.account()
         assert status == 200 and body["code"] == 200 and body["message"] == "success"
@@ -480,7 +480,7 @@ async def test_account_info(http: aiohttp.ClientSession) -> None:
 
 
 async def test_stats_counters(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, pending_seconds=1) as emu:
+    async with Emulator(api_key=KEY, processor=identity, pending_seconds=1) as emu:
         api = Api(http, emu)
         task_id = await api.new_task()
         await api.create({"model": "nope"})
@@ -499,7 +499,7 @@ async def test_stats_counters(http: aiohttp.ClientSession) -> None:
 
 
 async def test_latency(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(latency=0.15)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(latency=0.15)) as emu:
         api = Api(http, emu)
         started = time.monotonic()
         status, _, _ = await api.account()
@@ -513,7 +513,7 @@ async def test_latency(http: aiohttp.ClientSession) -> None:
 
 
 async def test_error_rate_answers_5xx_and_stores_nothing(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(error_rate=1.0)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(error_rate=1.0)) as emu:
         api = Api(http, emu)
         seen = set()
         for _ in range(10):
@@ -529,7 +529,7 @@ async def test_error_rate_answers_5xx_and_stores_nothing(http: aiohttp.ClientSes
 
 
 async def test_rate_limit(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(rate_limit=2)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(rate_limit=2)) as emu:
         api = Api(http, emu)
         assert [(await api.account())[0] for _ in range(2)] == [200, 200]
         status, body, headers = await api.create(face_swap_body())
@@ -559,7 +559,7 @@ def test_token_bucket_and_retry_after() -> None:
 
 
 async def test_create_then_stall(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(create_then_stall=1)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1)) as emu:
         api = Api(http, emu)
         with pytest.raises(TimeoutError):
             await api.create(face_swap_body(), timeout=aiohttp.ClientTimeout(total=0.2))
@@ -571,13 +571,13 @@ async def test_create_then_stall(http: aiohttp.ClientSession) -> None:
 
 
 async def test_create_then_stall_short_stall_then_answers(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(create_then_stall=1, stall_seconds=0.05)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1, stall_seconds=0.05)) as emu:
         status, body, _ = await Api(http, emu).create(face_swap_body())
         assert status == 200 and body["data"]["status"] == "pending"
 
 
 async def test_aclose_drops_stalled_requests_promptly(http: aiohttp.ClientSession) -> None:
-    emu = Emulator(api_key=KEY, faults=Faults(create_then_stall=1))
+    emu = Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1))
     await emu.start()
     api = Api(http, emu)
     errors: list[BaseException] = []
@@ -599,7 +599,7 @@ async def test_aclose_drops_stalled_requests_promptly(http: aiohttp.ClientSessio
 
 
 async def test_create_then_drop(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, faults=Faults(create_then_drop=1)) as emu:
+    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_drop=1)) as emu:
         api = Api(http, emu)
         with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
             await api.create(face_swap_body())
@@ -610,7 +610,7 @@ async def test_create_then_drop(http: aiohttp.ClientSession) -> None:
 
 
 async def test_scripted_responses(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY) as emu:
+    async with Emulator(api_key=KEY, processor=identity) as emu:
         api = Api(http, emu)
         html = "<html><body><h1>502 Bad Gateway</h1></body></html>"
         emu.faults.script("create", 502, html, times=2)
@@ -652,7 +652,7 @@ def test_faults_validate_on_set() -> None:
     with pytest.raises(ValueError, match="rate_limit"):
         faults.rate_limit = 0
     with pytest.raises(ValueError, match="unknown route"):
-        faults.script("upload", 500)  # type: ignore[arg-type]
+        faults.script("uploads", 500)  # type: ignore[arg-type]
     faults.latency, faults.create_then_drop = 1.0, 2
     faults.script("any", 500)
     faults.reset()
@@ -681,7 +681,8 @@ async def test_processor_runs_off_loop_once_and_its_errors_fail_the_task(http: a
             with anyio.fail_after(1):  # GETs stay fast while the processor is blocked
                 statuses = {(await api.task(task_id))["status"] for _ in range(5)}
             assert statuses == {"processing"}
-            assert len(calls) == 1 and calls[0].target == ASTRONAUT and calls[0].swap == HOPPER
+            await wait_until(lambda: len(calls) == 1)  # the worker thread may start a moment later
+            assert calls[0].target == ASTRONAUT and calls[0].swap == HOPPER
             release.set()
             await emu.drain()
             done = await api.task(task_id)
@@ -739,6 +740,27 @@ async def test_serve_forever_until_cancelled(http: aiohttp.ClientSession) -> Non
         tg.cancel_scope.cancel()
 
 
+async def test_cli_announces_the_upload_url_and_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str] = []
+    ready = anyio.Event()
+
+    def on_ready(emu: Emulator) -> None:
+        _announce(emu)
+        seen.append(emu.upload_url)
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve_forever(0, "cli-key", engine="identity", ready=on_ready))
+        with anyio.fail_after(2):
+            await ready.wait()
+        tg.cancel_scope.cancel()
+    out = capsys.readouterr().out
+    assert f"upload_url: {seen[0]}" in out
+    assert "engine:     identity" in out
+    args = build_parser().parse_args(["--upload-port", "9001", "--engine", "identity"])
+    assert (args.upload_port, args.engine) == (9001, "identity")
+
+
 def test_cli_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["--port", "9000", "--api-key", "k", "--processing-seconds", "0.5"])
     assert (args.port, args.api_key, args.processing_seconds, args.failure_rate) == (9000, "k", 0.5, 0.0)
@@ -752,12 +774,43 @@ async def test_pytest_plugin_fixture(emulator: Emulator, http: aiohttp.ClientSes
     assert status == 200
 
 
+async def test_default_engine_falls_back_to_identity_with_a_warning(
+    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_faceswap, "engine_available", lambda: False)
+    async with Emulator(api_key=KEY) as emu:  # processor="auto"
+        assert emu.engine == "identity"
+        api = Api(http, emu)
+        done = await api.task(await api.new_task())
+        assert done["status"] == "completed"
+        assert emu.tasks[done["task_id"]].result == ASTRONAUT
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "qubico_async.testing"]
+    assert len(warnings) == 1
+    assert "returns the target image unchanged" in warnings[0].getMessage()
+
+
+async def test_engine_names(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async with Emulator(processor=identity) as emu:
+        assert emu.engine == "identity"
+    async with Emulator(processor=None) as emu:
+        assert emu.engine == "identity"
+    async with Emulator(processor=lambda job: job.target) as emu:
+        assert emu.engine == "custom"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # only "auto" warns
+    monkeypatch.setattr(_faceswap, "engine_available", lambda: True)
+    assert Emulator().engine == "opencv"
+    with pytest.raises(ValueError, match="auto"):
+        Emulator(processor="opencv")  # type: ignore[arg-type]
+
+
 def test_emulator_rejects_bad_settings_and_use_before_start() -> None:
     with pytest.raises(ValueError, match="failure_rate"):
         Emulator(failure_rate=2)
     emu = Emulator()
     with pytest.raises(RuntimeError, match="not running"):
         _ = emu.base_url
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = emu.upload_url
     with pytest.raises(ValueError, match="forward"):
         emu.advance(-1)
     view: Callable[[], Any] = lambda: emu.tasks  # noqa: E731

@@ -68,9 +68,7 @@ async def one_shot(emu: Emulator) -> AsyncIterator[QubicoClient]:
 async def test_status_classes_from_json_envelopes(
     one_shot: QubicoClient, emu: Emulator, status: int, cls: type[APIError]
 ) -> None:
-    emu.faults.script(
-        "get", status, f'{{"code": {status}, "data": null, "message": "envelope says {status}"}}'
-    )
+    emu.faults.script("get", status, f'{{"code": {status}, "data": null, "message": "envelope says {status}"}}')
     with pytest.raises(cls) as info:
         await one_shot.get_task("t-1")
     err = info.value
@@ -118,9 +116,7 @@ async def test_real_401_and_404_and_400_from_the_emulator(emu: Emulator) -> None
     assert emu.stats.creates == 0
 
 
-async def test_success_envelope_with_code_zero(
-    client: QubicoClient, emu: Emulator, request_: FaceSwap
-) -> None:
+async def test_success_envelope_with_code_zero(client: QubicoClient, emu: Emulator, request_: FaceSwap) -> None:
     emu.faults.envelope_code = 0
     task = await client.submit(request_)
     assert (await client.get_task(task.task_id)).task_id == task.task_id
@@ -202,9 +198,7 @@ async def test_connection_refused_is_a_transport_error_marked_not_sent(request_:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with QubicoClient(
-        api_key="k", base_url=f"http://127.0.0.1:{port}", retry=RetryPolicy.instant(2)
-    ) as c:
+    async with QubicoClient(api_key="k", base_url=f"http://127.0.0.1:{port}", retry=RetryPolicy.instant(2)) as c:
         with pytest.raises(TransportError) as info:
             await c.get_task("t-1")
         assert info.value.sent is False
@@ -265,9 +259,7 @@ async def test_create_timeout_after_send_is_uncertain(emu: Emulator, request_: F
     assert emu.stats.creates == 1
 
 
-async def test_create_500_is_uncertain_not_retried(
-    client: QubicoClient, emu: Emulator, request_: FaceSwap
-) -> None:
+async def test_create_500_is_uncertain_not_retried(client: QubicoClient, emu: Emulator, request_: FaceSwap) -> None:
     emu.faults.script("create", 500, '{"code":500,"message":"oops"}', times=3)
     with pytest.raises(SubmissionUncertainError) as info:
         await client.submit(request_)
@@ -275,18 +267,14 @@ async def test_create_500_is_uncertain_not_retried(
     assert emu.stats.create_requests == 1
 
 
-async def test_create_unreadable_2xx_is_uncertain(
-    client: QubicoClient, emu: Emulator, request_: FaceSwap
-) -> None:
+async def test_create_unreadable_2xx_is_uncertain(client: QubicoClient, emu: Emulator, request_: FaceSwap) -> None:
     emu.faults.script("create", 200, '{"code":200,"data":null,"message":"success"}')
     with pytest.raises(SubmissionUncertainError):
         await client.submit(request_)
     assert emu.stats.create_requests == 1
 
 
-async def test_resubmission_only_when_opted_in(
-    client: QubicoClient, emu: Emulator, request_: FaceSwap
-) -> None:
+async def test_resubmission_only_when_opted_in(client: QubicoClient, emu: Emulator, request_: FaceSwap) -> None:
     emu.faults.create_then_drop = 1
     task = await client.submit(request_, resubmit_uncertain=True)
     assert emu.stats.creates == 2  # the caller accepted paying twice

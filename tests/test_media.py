@@ -24,13 +24,7 @@ def _png_header(width: int, height: int) -> bytes:
     import zlib
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + b"IHDR"
-        + ihdr
-        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    )
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
 # -- plain values are classified without guessing ---------------------------------------------
@@ -104,9 +98,7 @@ async def test_too_wide_fixture_names_size_and_limit(fixtures: Path) -> None:
     assert f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}" in message
 
 
-@pytest.mark.parametrize(
-    ("width", "height", "ok"), [(2048, 2048, True), (2049, 10, False), (10, 2049, False)]
-)
+@pytest.mark.parametrize(("width", "height", "ok"), [(2048, 2048, True), (2049, 10, False), (10, 2049, False)])
 async def test_side_limit_is_inclusive(width: int, height: int, ok: bool) -> None:
     img = Image.from_bytes(_png_header(width, height), name="probe.png")
     if ok:
@@ -215,16 +207,12 @@ async def test_large_files_are_read_in_a_worker_thread(
     monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
     monkeypatch.setattr(media_module, "THREAD_THRESHOLD", 1000)
     async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url) as client:
-        await client.submit(
-            FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg"), upload="never"
-        )
+        await client.submit(FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg"), upload="never")
     assert "read" in calls  # the file read left the event loop
     assert emu.stats.creates == 1
 
 
-async def test_inputs_checked_before_any_request_for_video(
-    client: QubicoClient, emu: Emulator, fixtures: Path
-) -> None:
+async def test_inputs_checked_before_any_request_for_video(client: QubicoClient, emu: Emulator, fixtures: Path) -> None:
     with pytest.raises(InvalidInputError):
         await client.submit(VideoFaceSwap(fixtures / "astronaut.jpg", fixtures / "astronaut.jpg"))
     assert emu.stats.create_requests == 0

@@ -105,9 +105,7 @@ def stsz(frames: int) -> bytes:
 
 
 def stts(*counts: int) -> bytes:
-    return full(
-        b"stts", 0, struct.pack(f">I{2 * len(counts)}I", len(counts), *(x for c in counts for x in (c, 1)))
-    )
+    return full(b"stts", 0, struct.pack(f">I{2 * len(counts)}I", len(counts), *(x for c in counts for x in (c, 1))))
 
 
 def trak(
@@ -183,9 +181,7 @@ def test_opencv_images_random_sizes(ext: str, params: list[int], chunk: bytes) -
     cv2 = _cv2()
     assert (cv2.IMWRITE_JPEG_PROGRESSIVE, cv2.IMWRITE_WEBP_QUALITY) == (2, 64)
     rng = random.Random(f"{ext}{params}")
-    sizes = [(1, 1), (1, 300), (300, 1), (2049, 3)] + [
-        (rng.randint(1, 700), rng.randint(1, 700)) for _ in range(6)
-    ]
+    sizes = [(1, 1), (1, 300), (300, 1), (2049, 3)] + [(rng.randint(1, 700), rng.randint(1, 700)) for _ in range(6)]
     for h, w in sizes:
         data = _encode(ext, _random_image(rng, h, w), params)
         assert chunk in data[:4096]
@@ -233,24 +229,18 @@ def test_opencv_mp4(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- JPEG edge cases
 
 
-@pytest.mark.parametrize(
-    "sof", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
-)
+@pytest.mark.parametrize("sof", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF])
 def test_jpeg_every_sof_marker(sof: int) -> None:
     assert probe_image(jpeg(321, 123, sof)) == ImageInfo("jpeg", 321, 123)
 
 
 def test_jpeg_dht_jpg_dac_are_not_frame_headers() -> None:
-    decoys = b"".join(
-        b"\xff" + bytes([m]) + struct.pack(">HBHH", 7, 8, 9999, 9999) for m in (0xC4, 0xC8, 0xCC)
-    )
+    decoys = b"".join(b"\xff" + bytes([m]) + struct.pack(">HBHH", 7, 8, 9999, 9999) for m in (0xC4, 0xC8, 0xCC))
     assert probe_image(jpeg(10, 20, before_sof=decoys)) == ImageInfo("jpeg", 10, 20)
 
 
 def test_jpeg_fill_bytes_standalone_markers_and_stray_bytes() -> None:
-    before = (
-        b"\xff\x01" + b"\xff\xd0\xff\xd7" + b"\xff" * 50 + b"\xff\xe0\x00\x04ab" + b"\x00junk" + b"\xff\xff"
-    )
+    before = b"\xff\x01" + b"\xff\xd0\xff\xd7" + b"\xff" * 50 + b"\xff\xe0\x00\x04ab" + b"\x00junk" + b"\xff\xff"
     assert probe_image(jpeg(5, 6, before_sof=before)) == ImageInfo("jpeg", 5, 6)
 
 
@@ -388,9 +378,7 @@ def test_mp4_largesize_and_size_zero_boxes() -> None:
 
 
 def test_mp4_tkhd_versions_and_fallbacks() -> None:
-    assert probe_video(mp4(box(b"moov", trak(1920, 1080, tkhd_version=1)))) == VideoInfo(
-        "mp4", 1920, 1080, 10
-    )
+    assert probe_video(mp4(box(b"moov", trak(1920, 1080, tkhd_version=1)))) == VideoInfo("mp4", 1920, 1080, 10)
     assert probe_video(mp4(box(b"moov", trak(99.75, 10.25)))).width == 100  # 16.16 rounds to nearest
     zero_tkhd = trak(0, 0, sample_entry=stsd(176, 144))
     assert probe_video(mp4(box(b"moov", zero_tkhd))) == VideoInfo("mp4", 176, 144, 10)
@@ -517,11 +505,7 @@ def test_seeds_are_valid() -> None:
 
 
 @FUZZ
-@given(
-    st.one_of(
-        st.binary(max_size=300), st.tuples(st.sampled_from(MAGIC), st.binary(max_size=300)).map(b"".join)
-    )
-)
+@given(st.one_of(st.binary(max_size=300), st.tuples(st.sampled_from(MAGIC), st.binary(max_size=300)).map(b"".join)))
 def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     _survives(probe_image, data)
     _survives(probe_video, data)
@@ -534,9 +518,7 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     st.integers(0, 10**6),
     st.sampled_from([0, 1, 0xFF, 0x7F, 0x80]),
 )
-def test_fuzz_mutated_and_truncated_headers(
-    seed: bytes, edits: list[tuple[int, int]], cut: int, fill: int
-) -> None:
+def test_fuzz_mutated_and_truncated_headers(seed: bytes, edits: list[tuple[int, int]], cut: int, fill: int) -> None:
     data = bytearray(seed)
     for pos, value in edits:
         data[pos % len(data)] = value if pos % 3 else fill

@@ -113,9 +113,7 @@ def test_logs_null_or_list(logs: Any) -> None:
     assert task.logs == tuple(logs or ())
 
 
-@pytest.mark.parametrize(
-    "meta", [{}, None, {"usage": None}, {"usage": "weird"}, {"created_at": "not a date"}]
-)
+@pytest.mark.parametrize("meta", [{}, None, {"usage": None}, {"usage": "weird"}, {"created_at": "not a date"}])
 def test_meta_empty_or_odd(meta: Any) -> None:
     task = structure_task({**DOC_CREATE, "meta": meta})
     assert task.meta.created_at is None
@@ -143,9 +141,7 @@ def test_output_keeps_unknown_keys() -> None:
 
 
 def test_video_output() -> None:
-    task = structure_task(
-        {**DOC_CREATE, "model": "Qubico/video-toolkit", "output": {"video_url": "https://x/v.mp4"}}
-    )
+    task = structure_task({**DOC_CREATE, "model": "Qubico/video-toolkit", "output": {"video_url": "https://x/v.mp4"}})
     assert task.video_url == "https://x/v.mp4"
     assert task.result_url == "https://x/v.mp4"
 

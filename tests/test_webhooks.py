@@ -280,9 +280,7 @@ def test_non_body_type_is_malformed() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=30,
 )
 STATUS = st.sampled_from(["pending", "Processing", "COMPLETED", "failed", "cancelled", "success", ""]) | JSON
@@ -299,9 +297,7 @@ TASKISH = st.fixed_dictionaries(
         "detail": JSON,
     },
 )
-TIMESTAMP = (
-    st.integers(min_value=0) | st.from_regex(r"[ \t]{0,2}[0-9]{1,20}[ \t]{0,2}", fullmatch=True) | JSON
-)
+TIMESTAMP = st.integers(min_value=0) | st.from_regex(r"[ \t]{0,2}[0-9]{1,20}[ \t]{0,2}", fullmatch=True) | JSON
 BODYISH = st.one_of(
     JSON,
     st.fixed_dictionaries({"timestamp": TIMESTAMP, "data": TASKISH}),

@@ -1,33 +1,44 @@
 """An in-process fake of PiAPI's Qubico face-swap API, for tests, demos and benchmarks.
 
 ```python
-from qubico_async.testing import Emulator, Faults
+from qubico_async.testing import Emulator, Faults, identity
 
-async with Emulator(api_key="emu-key") as emu:
-    ...  # point a client at emu.base_url with emu.api_key; emu.advance(s) moves its clock
+async with Emulator(api_key="emu-key", processor=identity) as emu:
+    ...  # point a client at emu.base_url (tasks) and emu.upload_url (uploads) with emu.api_key;
+    # emu.advance(s) moves its clock
 ```
+
+By default (`processor="auto"`) results are real face swaps by the OpenCV engine when the `faces`
+extra is installed (`emu.engine == "opencv"`), else the target unchanged (`"identity"`).
 
 pytest users: `pytest_plugins = ["qubico_async.testing.pytest_plugin"]` gives an `emulator` fixture.
 """
 
 from ._emulator import Emulator, TaskTransform
-from ._faults import Faults, Route, ScriptedResponse
+from ._engine import EngineName, ProcessorChoice
+from ._faults import Faults, Route, ScriptedResponse, UploadUrlStyle, WebhookFaults
 from ._processing import Processor, SwapJob, identity
 from ._state import DEFAULT_FAILURE_MESSAGE, FAILURE_CODE, PRICES, Price, Stats, StoredTask
+from ._webhooks import WebhookDelivery
 
 __all__ = [
     "DEFAULT_FAILURE_MESSAGE",
     "FAILURE_CODE",
     "PRICES",
     "Emulator",
+    "EngineName",
     "Faults",
     "Price",
     "Processor",
+    "ProcessorChoice",
     "Route",
     "ScriptedResponse",
     "Stats",
     "StoredTask",
     "SwapJob",
     "TaskTransform",
+    "UploadUrlStyle",
+    "WebhookDelivery",
+    "WebhookFaults",
     "identity",
 ]

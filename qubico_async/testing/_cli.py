@@ -1,4 +1,8 @@
-"""`python -m qubico_async emulator`: serve the emulator on a fixed port until Ctrl-C."""
+"""`python -m qubico_async emulator`: serve the emulator on fixed ports until Ctrl-C.
+
+The task API listens on `--port` (default 8787), the upload API on `--upload-port` (default: the
+next port; 0 with `--port 0`). The announcement says which face-swap engine makes the results.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from collections.abc import Callable
 import anyio
 
 from ._emulator import Emulator
+from ._engine import engine_status
+from ._processing import identity
 
 __all__ = ["build_parser", "main", "run_cli", "serve_forever"]
 
@@ -20,6 +26,15 @@ def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.Argu
     parser = argparse.ArgumentParser(prog=prog, description="Serve a local fake of PiAPI's face-swap API.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument(
+        "--upload-port", type=int, default=None, help="port of the upload API (default: --port + 1, or 0)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "identity"),
+        default="auto",
+        help="auto: OpenCV face swap when installed, else identity; identity: result = target",
+    )
     parser.add_argument("--api-key", default="emu-key", help="the key clients must send")
     parser.add_argument("--pending-seconds", type=float, default=0.5, help="time a task stays pending")
     parser.add_argument("--processing-seconds", type=float, default=2.0, help="time a task stays processing")
@@ -36,6 +51,8 @@ async def serve_forever(
     api_key: str = "emu-key",
     *,
     host: str = "127.0.0.1",
+    upload_port: int | None = None,
+    engine: str = "auto",
     pending_seconds: float = 0.5,
     processing_seconds: float = 2.0,
     failure_rate: float = 0.0,
@@ -43,11 +60,16 @@ async def serve_forever(
     max_concurrent_task_count: int = 10,
     ready: Callable[[Emulator], None] | None = None,
 ) -> None:
-    """Run an emulator until cancelled. `ready` (default: print the URL and key) is called once serving."""
+    """Run an emulator until cancelled. `ready` (default: print the URLs, key and engine) is called
+    once serving. `upload_port` None means `port + 1` (or 0 when `port` is 0)."""
+    if upload_port is None:
+        upload_port = port + 1 if port else 0
     async with Emulator(
         api_key=api_key,
         host=host,
         port=port,
+        upload_port=upload_port,
+        processor=identity if engine == "identity" else "auto",
         pending_seconds=pending_seconds,
         processing_seconds=processing_seconds,
         failure_rate=failure_rate,
@@ -60,8 +82,13 @@ async def serve_forever(
 
 def _announce(emu: Emulator) -> None:
     print(f"qubico_async emulator serving at {emu.base_url}")
-    print(f"base_url: {emu.base_url}")
-    print(f"api_key:  {emu.api_key}")
+    print(f"base_url:   {emu.base_url}")
+    print(f"upload_url: {emu.upload_url}")
+    print(f"api_key:    {emu.api_key}")
+    if emu.engine == "opencv":
+        print(f"engine:     opencv. {engine_status()}")
+    else:
+        print(f"engine:     {emu.engine}: results are the target image unchanged")
     print("Press Ctrl-C to stop.", flush=True)
 
 
@@ -77,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.port,
                 args.api_key,
                 host=args.host,
+                upload_port=args.upload_port,
+                engine=args.engine,
                 pending_seconds=args.pending_seconds,
                 processing_seconds=args.processing_seconds,
                 failure_rate=args.failure_rate,

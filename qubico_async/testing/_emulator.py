@@ -1,31 +1,33 @@
-"""The emulator: an aiohttp web server on 127.0.0.1 that speaks PiAPI's task API.
+"""The emulator: aiohttp web servers on 127.0.0.1 that speak PiAPI's task and upload APIs.
 
-Routes (paths as on api.piapi.ai): `POST /api/v1/task`, `GET /api/v1/task/{task_id}`,
+Task site (`base_url`, paths as on api.piapi.ai): `POST /api/v1/task`, `GET /api/v1/task/{task_id}`,
 `GET /account/info` (all need `x-api-key`), and key-less file downloads `GET /results/{name}` (task
-outputs) and `GET /files/{name}` (inputs hosted with `Emulator.host_file`). Every API answer is the
-`{"code", "data", "message"}` envelope unless a scripted response says otherwise.
+outputs) and `GET /files/...` (inputs hosted with `Emulator.host_file`, and uploads). Upload site
+(`upload_url`, as upload.theapi.app): `POST /api/ephemeral_resource` (needs `x-api-key`) and
+`GET /files/...`. Every API answer is the `{"code", "data", "message"}` envelope unless a scripted
+response says otherwise.
 
-Request pipeline for an API route: count -> take a scripted response (if one is queued) -> latency
--> the scripted response, else: random 5xx (`error_rate`) -> auth -> rate limit -> handler.
+API routes go through the request pipeline (`_pipeline`): scripts, latency, random 5xx, auth, rate
+limit. Tasks with a webhook are delivered (`_webhooks`) and moved along the clock (`_ticker`).
 """
 
 from __future__ import annotations
 
 import collections
-import hmac
+import logging
 import random
 import types
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
 from aiohttp import web
 
-from .._mediainfo import probe_image, probe_video
-from ..errors import InvalidInputError
-from ._faults import Faults, Route, ScriptedResponse, TokenBucket, retry_after_header
-from ._processing import Processor, TaskRunner, own_path
+from ._engine import EngineName, ProcessorChoice, engine_status, resolve
+from ._faults import Faults
+from ._pipeline import Pipeline, raw
+from ._processing import TaskRunner, own_path
 from ._state import (
     DEFAULT_FAILURE_MESSAGE,
     Clock,
@@ -33,19 +35,23 @@ from ._state import (
     Stats,
     StoredTask,
     TaskStore,
+    account_info,
     new_task_id,
     task_to_wire,
 )
+from ._ticker import Ticker
+from ._uploads import UPLOAD_PATH, sniff, store_upload, upload_answer, validate_upload
 from ._validation import ValidationError, validate_create
+from ._webhooks import WebhookDelivery, WebhookDispatcher
 
 __all__ = ["Emulator", "TaskTransform"]
 
+logger = logging.getLogger("qubico_async.testing")
+
 TaskTransform = Callable[[dict[str, Any]], dict[str, Any]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _MAX_BODY: Final = 64 * 1024 * 1024
 """Largest request body accepted: two 10 MiB files in base64 fit with room to spare."""
-_SERVER_ERRORS: Final = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 class Emulator:
@@ -59,8 +65,14 @@ class Emulator:
     ```
 
     Tasks stay `pending` for `pending_seconds`, `processing` for `processing_seconds`, then end
-    `completed` (result = `processor`'s output; by default the target unchanged) or `failed` (drawn
-    at create with probability `failure_rate`, seeded by `seed`, or forced with `fail_next()`).
+    `completed` (result = `processor`'s output) or `failed` (drawn at create with probability
+    `failure_rate`, seeded by `seed`, or forced with `fail_next()`).
+
+    `processor="auto"` (the default) swaps faces with the OpenCV engine when the `faces` extra is
+    installed (`engine == "opencv"`), else returns the target unchanged (`"identity"`, logged as a
+    WARNING at start). `processor=identity` (or None) always takes that fast path; a callable is
+    run in worker threads, at most `max_workers` at a time. The upload API listens on its own port
+    (`upload_port`, 0 = any free one): `upload_url`.
     """
 
     def __init__(
@@ -69,13 +81,14 @@ class Emulator:
         api_key: str = "emu-key",
         host: str = "127.0.0.1",
         port: int = 0,
+        upload_port: int = 0,
         pending_seconds: float = 0.0,
         processing_seconds: float = 0.0,
         failure_rate: float = 0.0,
         failure_message: str = DEFAULT_FAILURE_MESSAGE,
         seed: int = 0,
         faults: Faults | None = None,
-        processor: Processor | None = None,
+        processor: ProcessorChoice = "auto",
         max_workers: int = 4,
         task_transform: TaskTransform | None = None,
         max_concurrent_task_count: int = 10,
@@ -88,6 +101,7 @@ class Emulator:
         self._api_key = api_key
         self._host = host
         self._port = port
+        self._upload_port = upload_port
         self.pending_seconds = pending_seconds
         self.processing_seconds = processing_seconds
         self.failure_rate = failure_rate
@@ -99,26 +113,32 @@ class Emulator:
         self.balance_usd = balance_usd
 
         self._failure_rng = random.Random(seed)
-        self._fault_rng = random.Random(f"faults:{seed}")
         self._forced_failures: collections.deque[str] = collections.deque()
         self._clock = Clock()
         self._stats = Stats()
         self._store = TaskStore(self._stats)
         self._store.on_change = self._task_changed
-        self._files = FileStore()
-        self._bucket = TokenBucket()
+        self._files = FileStore(self._clock)
+        self._http = Pipeline(
+            api_key=api_key, stats=self._stats, clock=self._clock, faults=lambda: self.faults, seed=seed
+        )
+        self._auto = processor == "auto"
+        resolved, self._engine = resolve(processor)
         self._tasks = TaskRunner(
             store=self._store,
             files=self._files,
             clock=self._clock,
-            processor=processor,
+            processor=resolved,
             max_workers=max_workers,
             is_own_url=self._own_path,
         )
+        self._ticker = Ticker(runner=self._tasks, clock=self._clock)
+        self._webhooks = WebhookDispatcher(
+            stats=self._stats, faults=lambda: self.faults.webhooks, rng=random.Random(f"webhooks:{seed}")
+        )
         self._runner: web.AppRunner | None = None
-        self._closing: anyio.Event | None = None
+        self._upload_runner: web.AppRunner | None = None
         self._closed = False
-        self._dropped: set[int] = set()  # ids of requests answered by closing the connection
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -126,29 +146,46 @@ class Emulator:
         """Start serving. The port is chosen by the OS unless one was given."""
         if self._runner is not None or self._closed:
             raise RuntimeError("an Emulator can be started only once")
-        self._closing = anyio.Event()
-        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=1.0)
+        self._http.open()
+        try:
+            self._runner = await self._serve(self._build_app(), self._port)
+            self._port = int(self._runner.addresses[0][1])
+            self._upload_runner = await self._serve(self._build_upload_app(), self._upload_port)
+            self._upload_port = int(self._upload_runner.addresses[0][1])
+            await self._webhooks.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._ticker.start()
+        if self._auto and self._engine == "identity":
+            logger.warning("emulator: %s", engine_status())
+
+    async def _serve(self, app: web.Application, port: int) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
+            await web.TCPSite(runner, self._host, port).start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return runner
 
     async def aclose(self) -> None:
-        """Stop serving: stalled requests are dropped, processor jobs cancelled. Idempotent."""
+        """Stop serving: stalled requests are dropped; processor jobs, webhook deliveries and the
+        ticker are cancelled. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._closing is not None:
-            self._closing.set()
-        await self._tasks.aclose()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        self._http.close()
+        with anyio.CancelScope(shield=True):  # finish cleaning up even when the caller is cancelled
+            await self._ticker.aclose()
+            await self._webhooks.aclose()
+            await self._tasks.aclose()
+            runners = (self._upload_runner, self._runner)
+            self._upload_runner = self._runner = None
+            for runner in runners:
+                if runner is not None:
+                    await runner.cleanup()
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -162,10 +199,18 @@ class Emulator:
     @property
     def base_url(self) -> str:
         """`http://127.0.0.1:<port>`, once started."""
-        if self._runner is None:
+        return self._url(self._port, self._runner)
+
+    def _url(self, port: int, runner: web.AppRunner | None) -> str:
+        if runner is None:
             raise RuntimeError("the emulator is not running: use `async with Emulator()` or `await start()`")
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        return f"http://{host}:{port}"
+
+    @property
+    def upload_url(self) -> str:
+        """Base URL of the upload API (`http://127.0.0.1:<upload port>`), once started."""
+        return self._url(self._upload_port, self._upload_runner)
 
     @property
     def api_key(self) -> str:
@@ -174,6 +219,21 @@ class Emulator:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def upload_port(self) -> int:
+        return self._upload_port
+
+    @property
+    def engine(self) -> EngineName:
+        """What makes results: "opencv" (the face-swap engine), "identity" (the target unchanged)
+        or "custom" (a processor passed in)."""
+        return self._engine
+
+    @property
+    def deliveries(self) -> Sequence[WebhookDelivery]:
+        """Every webhook POST made so far, in order: (endpoint, status_code or None, status)."""
+        return self._webhooks.deliveries
 
     @property
     def stats(self) -> Stats:
@@ -192,8 +252,10 @@ class Emulator:
         return self._clock.now()
 
     def advance(self, seconds: float) -> None:
-        """Move the emulator clock forward, so tasks progress without anyone sleeping."""
+        """Move the emulator clock forward, so tasks progress without anyone sleeping (tasks with a
+        webhook are moved along, and delivered, by the ticker right away)."""
         self._clock.advance(seconds)
+        self._ticker.wake()
 
     def fail_next(self, n: int = 1, message: str = DEFAULT_FAILURE_MESSAGE) -> None:
         """Make the next `n` created tasks end `failed` with `message`."""
@@ -203,7 +265,7 @@ class Emulator:
 
     def host_file(self, data: bytes, name: str | None = None, content_type: str | None = None) -> str:
         """Serve `data` at `/files/<name>` and return its URL, for URL inputs in tests."""
-        guessed_ext, guessed_type = _sniff(data)
+        guessed_ext, guessed_type = sniff(data)
         name = name or f"{uuid.uuid4().hex}.{guessed_ext}"
         if "/" in name:
             raise ValueError(f"file name must not contain '/': {name!r}")
@@ -211,73 +273,34 @@ class Emulator:
         return f"{self.base_url}/files/{name}"
 
     async def drain(self) -> None:
-        """Wait for processor jobs already running (a plugged-in processor runs in threads)."""
+        """Wait for processor jobs already running (a plugged-in processor runs in threads), then
+        for queued webhook deliveries (retries included; held out-of-order ones excepted)."""
         await self._tasks.drain()
+        await self._webhooks.drain()
 
     # -- server ----------------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=_MAX_BODY)
-        app.router.add_post("/api/v1/task", self._api("create", self._create))
-        app.router.add_get("/api/v1/task/{task_id}", self._api("get", self._get))
-        app.router.add_get("/account/info", self._api("account", self._account))
+        app = web.Application(middlewares=[self._http.middleware], client_max_size=_MAX_BODY)
+        app.router.add_post("/api/v1/task", self._http.api("create", self._create))
+        app.router.add_get("/api/v1/task/{task_id}", self._http.api("get", self._get))
+        app.router.add_get("/account/info", self._http.api("account", self._account))
         app.router.add_get("/results/{name}", self._result)
-        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/files/{path:.+}", self._file)
         return app
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:  # unknown route, wrong method, body too large, ...
-            response = self._envelope(exc.status, None, exc.reason)
-            for name in ("Allow",):
-                if name in exc.headers:
-                    response.headers[name] = exc.headers[name]
-        if id(request) in self._dropped:
-            self._dropped.discard(id(request))
-        else:
-            self._stats.count_response(response.status)
-        return response
-
-    def _api(self, route: Route, handler: Handler) -> Handler:
-        async def api_request(request: web.Request) -> web.StreamResponse:
-            if route == "create":
-                self._stats.create_requests += 1
-            elif route == "get":
-                self._stats.gets += 1
-            else:
-                self._stats.account_requests += 1
-            faults = self.faults
-            scripted = faults.take_script(route)
-            if faults.latency > 0 and await self._pause(faults.latency):
-                return self._drop(request)
-            if scripted is not None:
-                return _raw(scripted)
-            if faults.error_rate > 0 and self._fault_rng.random() < faults.error_rate:
-                status = self._fault_rng.choice(list(_SERVER_ERRORS))
-                return self._error(status, _SERVER_ERRORS[status])
-            if not self._authorized(request):
-                return self._error(401, "Invalid API key")
-            wait = self._bucket.take(faults.rate_limit, self._clock.now())
-            if wait is not None:
-                response = self._error(429, "Too many requests: rate limit exceeded")
-                response.headers["Retry-After"] = retry_after_header(wait, faults.retry_after)
-                return response
-            return await handler(request)
-
-        return api_request
-
-    def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("x-api-key", "")
-        return hmac.compare_digest(given.encode(), self._api_key.encode())
+    def _build_upload_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._http.middleware], client_max_size=_MAX_BODY)
+        app.router.add_post(UPLOAD_PATH, self._http.api("upload", self._upload))
+        app.router.add_get("/files/{path:.+}", self._file)
+        return app
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
             req = await validate_create(body)
         except ValidationError as exc:
-            return self._error(400, exc.message)
+            return self._http.error(400, exc.message)
         task = StoredTask(
             task_id=new_task_id(),
             model=req.model,
@@ -303,49 +326,45 @@ class Emulator:
         faults = self.faults
         if faults.create_then_drop > 0:
             faults.create_then_drop -= 1
-            return self._drop(request)
+            return self._http.drop(request)
         if faults.create_then_stall > 0:
             faults.create_then_stall -= 1
-            if await self._pause(faults.stall_seconds):
-                return self._drop(request)
+            if await self._http.pause(faults.stall_seconds):
+                return self._http.drop(request)
         return response
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         task = self._store.get(request.match_info["task_id"])
         if task is None:
-            return self._error(404, "task not found")
+            return self._http.error(404, "task not found")
         self._tasks.refresh(task)
         return self._task_response(task)
 
     async def _account(self, request: web.Request) -> web.StreamResponse:
         self._tasks.refresh_all()
-        spent = round(sum(t.cost_usd for t in self._store if t.status == "completed"), 6)
-        remaining = round(max(0.0, self.balance_usd - spent), 6)
-        data = {
-            "equivalent_in_usd": remaining,
-            "id": 1,
-            "name": "emulator",
-            "plan": "creator",
-            "is_enable": True,
-            "max_concurrent_task_count": self.max_concurrent_task_count,
-            "wallet": {"point_remain": remaining, "mj_remain": 0},
-            "credit_pack_info": {
-                "total_credits": self.balance_usd,
-                "used_credits": spent,
-                "available_credits": remaining,
-            },
-        }
-        return self._envelope(200, data, "success")
+        data = account_info(self._store, self.balance_usd, self.max_concurrent_task_count)
+        return self._http.envelope(200, data, "success")
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        if self.faults.upload_plan_error:
+            return self._http.error(403, "Insufficient plan level")
+        try:
+            upload = await validate_upload(await request.read())
+        except ValidationError as exc:
+            return self._http.error(400, exc.message)
+        url = store_upload(self._files, upload, self.upload_url)
+        self._stats.uploads += 1
+        return web.json_response(upload_answer(url, self.faults.upload_url_style, self._http.code(200)))
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
         self._stats.downloads += 1
         scripted = self.faults.take_script("result")
         if scripted is not None:
-            return _raw(scripted)
+            return raw(scripted)
         return self._serve_file(f"/results/{request.match_info['name']}")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        return self._serve_file(f"/files/{request.match_info['name']}")
+        return self._serve_file(f"/files/{request.match_info['path']}")
 
     def _serve_file(self, path: str) -> web.StreamResponse:
         stored = self._files.get(path)
@@ -359,58 +378,24 @@ class Emulator:
         data = task_to_wire(task, self.base_url, self._clock)
         if self.task_transform is not None:
             data = self.task_transform(data)
-        return self._envelope(200, data, "success")
-
-    def _envelope(self, status: int, data: Any, message: str) -> web.Response:
-        code = status
-        if 200 <= status < 300 and self.faults.envelope_code is not None:
-            code = self.faults.envelope_code
-        return web.json_response({"code": code, "data": data, "message": message}, status=status)
-
-    def _error(self, status: int, message: str) -> web.Response:
-        return self._envelope(status, None, message)
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep `seconds` of real time; True if the emulator started closing meanwhile."""
-        assert self._closing is not None
-        with anyio.move_on_after(seconds):
-            await self._closing.wait()
-        return self._closing.is_set()
-
-    def _drop(self, request: web.Request) -> web.StreamResponse:
-        """Close the connection without answering (the client sees a disconnect)."""
-        self._dropped.add(id(request))
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)  # never reaches the wire, never counted
+        return self._http.envelope(200, data, "success")
 
     def _own_path(self, url: str) -> str | None:
-        return own_path(url, (self._port,), frozenset({self._host.lower()}))
+        return own_path(url, (self._port, self._upload_port), frozenset({self._host.lower()}))
 
     def _task_changed(self, task: StoredTask) -> None:
-        """Called on every status change of a task (its creation included).
-
-        Seam for webhook delivery: when it lands, a task whose `config.webhook_config.endpoint` is
-        set gets `{"timestamp": <unix s>, "data": <task_to_wire(task)>}` POSTed there with the
-        `x-webhook-secret` header. Statuses advance lazily (on requests), so delivery will also need
-        a ticker that refreshes tasks as the clock passes their deadlines.
-        """
-
-
-def _raw(scripted: ScriptedResponse) -> web.Response:
-    return web.Response(status=scripted.status, body=scripted.body, headers=scripted.headers)
-
-
-def _sniff(data: bytes) -> tuple[str, str]:
-    """(extension, content type) of a file to host."""
-    try:
-        fmt = probe_image(data).format
-    except InvalidInputError:
-        pass
-    else:
-        return ("jpg" if fmt == "jpeg" else fmt), f"image/{fmt}"
-    try:
-        probe_video(data)
-    except InvalidInputError:
-        return "bin", "application/octet-stream"
-    return "mp4", "video/mp4"
+        """Called on every status change of a task (its creation included): a task whose
+        `config.webhook_config.endpoint` is set is watched by the ticker, and delivered
+        `{"timestamp": <unix s>, "data": <the task as GET returns it>}` when created and when it ends."""
+        hook = task.config.get("webhook_config") or {}
+        endpoint = hook.get("endpoint") or ""
+        created = task.status == "pending"
+        if not endpoint or self._closed or not (created or task.is_terminal):
+            return
+        if created:
+            self._ticker.watch(task)
+        data = task_to_wire(task, self.base_url, self._clock)
+        if self.task_transform is not None:
+            data = self.task_transform(data)
+        payload = {"timestamp": int(self._clock.wall(self._clock.now())), "data": data}
+        self._webhooks.deliver(endpoint, hook.get("secret") or "", payload, terminal=task.is_terminal)

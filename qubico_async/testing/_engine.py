@@ -6,10 +6,24 @@ service's rules; without it the result is the target unchanged, and `engine_stat
 
 from __future__ import annotations
 
-from . import _faceswap
-from ._processing import Processor, SwapJob
+from typing import Literal
 
-__all__ = ["engine_processor", "engine_status", "face_swap_processor"]
+from . import _faceswap
+from ._processing import Processor, SwapJob, identity
+
+__all__ = [
+    "EngineName",
+    "ProcessorChoice",
+    "engine_processor",
+    "engine_status",
+    "face_swap_processor",
+    "resolve",
+]
+
+EngineName = Literal["opencv", "identity", "custom"]
+ProcessorChoice = Processor | Literal["auto"] | None
+"""What `Emulator(processor=...)` takes: "auto" (the engine when it can run, else identity), a
+processor, or None / `identity` (the result is the target unchanged; no worker thread)."""
 
 
 def face_swap_processor(job: SwapJob) -> bytes:
@@ -34,3 +48,16 @@ def engine_status() -> str:
     if _faceswap.engine_available():
         return "Face-swap engine: OpenCV (classical swap: detect, align on the eyes, colour-match, blend)."
     return "Face-swap engine unavailable: " + _faceswap.ENGINE_UNAVAILABLE_REASON
+
+
+def resolve(choice: ProcessorChoice) -> tuple[Processor | None, EngineName]:
+    """(processor to run, None for the inline identity; which engine that is) for a choice."""
+    if isinstance(choice, str):
+        if choice != "auto":
+            raise ValueError(f'processor must be "auto", a callable or None, got {choice!r}')
+        choice = engine_processor()
+    if choice is None or choice is identity:
+        return None, "identity"
+    if choice is face_swap_processor:
+        return choice, "opencv"
+    return choice, "custom"

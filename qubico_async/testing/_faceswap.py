@@ -293,9 +293,7 @@ def swap_face(target: bytes, swap: bytes) -> bytes:
     return _encode_like(_paste(dst, t_face, t_eyes, src, s_eyes), target)
 
 
-def swap_faces(
-    target: bytes, swap: bytes, swap_faces_index: Sequence[int], target_faces_index: Sequence[int]
-) -> bytes:
+def swap_faces(target: bytes, swap: bytes, swap_faces_index: Sequence[int], target_faces_index: Sequence[int]) -> bytes:
     """Multi face-swap: face ``swap_faces_index[i]`` of ``swap`` goes onto face ``target_faces_index[i]`` of
     ``target`` (indices in ``detect_faces`` order). Both lists empty: faces 0..min(n_swap, n_target)-1 go
     onto the same indices. Boxes and eyes all come from the original target, so pastes do not interact."""
@@ -351,9 +349,7 @@ def swap_video(
         return out_path.read_bytes()
 
 
-def _transcode(
-    in_path: str, out_path: str, max_frames: int, edit: Callable[[Image, Any, Any], Image]
-) -> None:
+def _transcode(in_path: str, out_path: str, max_frames: int, edit: Callable[[Image, Any, Any], Image]) -> None:
     """Decode ``in_path`` frame by frame, ``edit(frame, face_cc, eye_cc)`` each one, write an 'mp4v' MP4."""
     cap, writer = cv2.VideoCapture(in_path), None
     try:

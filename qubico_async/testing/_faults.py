@@ -1,4 +1,5 @@
-"""Fault injection knobs for the emulator: latency, random 5xx, rate limiting, stalls, drops, scripts.
+"""Fault injection knobs for the emulator: latency, random 5xx, rate limiting, stalls, drops, scripts,
+the upload API's variants, and webhook delivery faults (`WebhookFaults`, as `Faults.webhooks`).
 
 `Faults` is a mutable attrs class: tests flip its knobs while the emulator is running and the next
 request sees the new value. Validators run on assignment too, so a bad value fails where it is set.
@@ -12,14 +13,17 @@ from typing import Literal
 
 from attrs import define, field, frozen, validators
 
-__all__ = ["Faults", "Route", "ScriptedResponse", "TokenBucket"]
+__all__ = ["Faults", "Route", "ScriptedResponse", "TokenBucket", "UploadUrlStyle", "WebhookFaults"]
 
-Route = Literal["create", "get", "account", "result", "any"]
-"""Which requests a scripted response answers. "any" matches every API request (create, get,
-account), not result downloads: script "result" for those."""
+Route = Literal["create", "get", "account", "upload", "result", "any"]
+"""Which requests a scripted response answers. "any" matches every request to the task API (create,
+get, account); not uploads (another host: script "upload") nor result downloads (script "result")."""
+
+UploadUrlStyle = Literal["data", "top-level"]
+"""Where a successful upload answer puts the URL: `data.url` (the docs) or a top-level `url`."""
 
 _API_ROUTES = frozenset({"create", "get", "account"})
-_ROUTES = frozenset({"create", "get", "account", "result", "any"})
+_ROUTES = frozenset({"create", "get", "account", "upload", "result", "any"})
 
 _non_negative = validators.ge(0.0)
 _non_negative_int = validators.ge(0)
@@ -33,6 +37,34 @@ def _probability(instance: object, attribute: object, value: float) -> None:
 def _positive_or_none(instance: object, attribute: object, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"rate_limit must be positive (requests per second) or None, got {value!r}")
+
+
+def _url_style(instance: object, attribute: object, value: str) -> None:
+    if value not in ("data", "top-level"):
+        raise ValueError(f'upload_url_style must be "data" or "top-level", got {value!r}')
+
+
+@define
+class WebhookFaults:
+    """Webhook delivery knobs (`Faults.webhooks`); changes apply to deliveries queued afterwards.
+
+    - `retries`: re-sends of a delivery answered with a non-2xx status or a connection error.
+    - `retry_delay`: seconds (real time) between those attempts.
+    - `duplicate`: the next N deliveries are sent twice (same body, same timestamp).
+    - `duplicate_rate`: probability that a delivery is sent twice (seeded by the emulator's `seed`).
+    - `out_of_order`: while True, a new task's creation delivery is held back and sent only after its
+      terminal delivery (the receiver sees `completed`/`failed` before `pending`).
+    - `drop`: the next N deliveries are never sent (to prove a polling fallback).
+    - `drop_rate`: probability that a delivery is never sent.
+    """
+
+    retries: int = field(default=3, validator=_non_negative_int)
+    retry_delay: float = field(default=0.0, validator=_non_negative)
+    duplicate: int = field(default=0, validator=_non_negative_int)
+    duplicate_rate: float = field(default=0.0, validator=_probability)
+    out_of_order: bool = False
+    drop: int = field(default=0, validator=_non_negative_int)
+    drop_rate: float = field(default=0.0, validator=_probability)
 
 
 @frozen
@@ -81,7 +113,13 @@ class Faults:
       any response.
     - `envelope_code`: the envelope `code` on success responses (None mirrors the HTTP status; 0
       emulates the "code 0" variant).
+    - `upload_plan_error`: the upload API answers 403 "Insufficient plan level" (a Free plan).
+    - `upload_url_style`: "data" answers uploads with `data.url` (as documented); "top-level" with a
+      top-level `url` (the variant one public client reads).
+    - `webhooks`: webhook delivery faults, see `WebhookFaults`.
     - `script()`: queue raw responses that take precedence over everything else.
+
+    `latency` and `error_rate` apply to uploads too; `rate_limit` does not (another host).
     """
 
     latency: float = field(default=0.0, validator=_non_negative)
@@ -92,6 +130,9 @@ class Faults:
     create_then_drop: int = field(default=0, validator=_non_negative_int)
     stall_seconds: float = field(default=3600.0, validator=_non_negative)
     envelope_code: int | None = None
+    upload_plan_error: bool = False
+    upload_url_style: UploadUrlStyle = field(default="data", validator=_url_style)
+    webhooks: WebhookFaults = field(factory=WebhookFaults)
     _scripts: list[_Script] = field(factory=list, init=False, repr=False, eq=False)
 
     def script(
@@ -150,6 +191,9 @@ class Faults:
         self.create_then_drop = 0
         self.stall_seconds = 3600.0
         self.envelope_code = None
+        self.upload_plan_error = False
+        self.upload_url_style = "data"
+        self.webhooks = WebhookFaults()
         self._scripts.clear()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -70,6 +70,8 @@ class TaskRunner:
         self._store = store
         self._files = files
         self._clock = clock
+        if processor is identity:
+            processor = None  # the fast path: no thread for a processor that only copies
         self._processor = processor
         self._limiter = anyio.CapacityLimiter(max_workers) if processor is not None else None
         self._is_own_url = is_own_url
@@ -79,6 +81,15 @@ class TaskRunner:
     @property
     def running(self) -> int:
         return len(self._jobs)
+
+    @property
+    def processor(self) -> Processor | None:
+        """The plugged-in processor; None for the inline identity fast path."""
+        return self._processor
+
+    def is_running(self, task_id: str) -> bool:
+        """True while the processor's job for this task is in flight."""
+        return task_id in self._jobs
 
     def refresh_all(self) -> None:
         for task in self._store:
@@ -126,9 +137,7 @@ class TaskRunner:
     async def _run(self, task: StoredTask, job: SwapJob, processor: Processor) -> None:
         try:
             try:
-                data = await anyio.to_thread.run_sync(
-                    processor, job, limiter=self._limiter, abandon_on_cancel=True
-                )
+                data = await anyio.to_thread.run_sync(processor, job, limiter=self._limiter, abandon_on_cancel=True)
             except Exception as exc:
                 self._fail(task, str(exc) or type(exc).__name__)
             else:
@@ -194,7 +203,8 @@ class TaskRunner:
 
 
 def own_path(url: str, ports: tuple[int, ...], hosts: frozenset[str]) -> str | None:
-    """The /results/... or /files/... path of `url` if it is served by this emulator, else None."""
+    """The /results/... or /files/... path (percent-decoded) of `url` if it is served by this
+    emulator (on any of its `ports`), else None."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -204,6 +214,7 @@ def own_path(url: str, ports: tuple[int, ...], hosts: frozenset[str]) -> str | N
         return None
     if port not in ports:
         return None
-    if not parts.path.startswith(("/results/", "/files/")):
+    path = unquote(parts.path)
+    if not path.startswith(("/results/", "/files/")) or "/../" in path:
         return None
-    return parts.path
+    return path

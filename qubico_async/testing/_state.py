@@ -28,6 +28,7 @@ __all__ = [
     "StoredTask",
     "TaskStatusName",
     "TaskStore",
+    "account_info",
     "task_to_wire",
 ]
 
@@ -93,15 +94,27 @@ class Clock:
 @define
 class Stats:
     """Counters. `*_requests`/`gets`/`downloads` count requests received (faulted ones included);
-    `creates` counts tasks stored; `requests_by_status` counts responses sent by HTTP status;
-    `tasks_by_status` is the current status of every stored task."""
+    `creates` counts tasks stored and `uploads` files stored by the upload API; `requests_by_status`
+    counts responses sent by HTTP status (both sites); `tasks_by_status` is the current status of
+    every stored task.
+
+    Webhooks: `webhook_attempts` counts every POST made (retries included); `webhooks_sent` counts
+    deliveries acknowledged with a 2xx (each copy of a duplicated one); `webhooks_failed` deliveries
+    given up on after the retries; `webhooks_dropped` deliveries never sent (`Faults.webhooks.drop`);
+    `webhooks_refused` deliveries skipped because the endpoint is not on loopback."""
 
     creates: int = 0
     create_requests: int = 0
     gets: int = 0
     account_requests: int = 0
+    upload_requests: int = 0
     uploads: int = 0
     downloads: int = 0
+    webhook_attempts: int = 0
+    webhooks_sent: int = 0
+    webhooks_failed: int = 0
+    webhooks_dropped: int = 0
+    webhooks_refused: int = 0
     requests_by_status: dict[int, int] = field(factory=dict)
     tasks_by_status: dict[str, int] = field(factory=dict)
 
@@ -159,22 +172,31 @@ class StoredTask:
 class StoredFile:
     data: bytes = field(repr=False)
     content_type: str
+    expires_at: float | None = None
+    """Emulator-clock reading from which the file is gone (None: kept while the emulator runs)."""
 
 
 class FileStore:
-    """Files served under /results/ (task outputs) and /files/ (hosted inputs), by path."""
+    """Files served under /results/ (task outputs) and /files/ (hosted inputs and uploads), by
+    decoded URL path. A file past its `expires_at` on `clock` is gone (deleted when looked up)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._files: dict[str, StoredFile] = {}
+        self._clock = clock if clock is not None else Clock()
 
-    def put(self, path: str, data: bytes, content_type: str) -> None:
-        self._files[path] = StoredFile(data, content_type)
+    def put(self, path: str, data: bytes, content_type: str, *, ttl: float | None = None) -> None:
+        expires_at = None if ttl is None else self._clock.now() + ttl
+        self._files[path] = StoredFile(data, content_type, expires_at)
 
     def get(self, path: str) -> StoredFile | None:
-        return self._files.get(path)
+        stored = self._files.get(path)
+        if stored is not None and stored.expires_at is not None and self._clock.now() >= stored.expires_at:
+            del self._files[path]
+            return None
+        return stored
 
     def __len__(self) -> int:
-        return len(self._files)
+        return sum(1 for path in list(self._files) if self.get(path) is not None)
 
 
 class TaskStore:
@@ -217,6 +239,26 @@ class TaskStore:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def account_info(tasks: TaskStore, balance_usd: float, max_concurrent_task_count: int) -> dict[str, Any]:
+    """`GET /account/info` data: the balance less what completed tasks consumed."""
+    spent = round(sum(t.cost_usd for t in tasks if t.status == "completed"), 6)
+    remaining = round(max(0.0, balance_usd - spent), 6)
+    return {
+        "equivalent_in_usd": remaining,
+        "id": 1,
+        "name": "emulator",
+        "plan": "creator",
+        "is_enable": True,
+        "max_concurrent_task_count": max_concurrent_task_count,
+        "wallet": {"point_remain": remaining, "mj_remain": 0},
+        "credit_pack_info": {
+            "total_credits": balance_usd,
+            "used_credits": spent,
+            "available_credits": remaining,
+        },
+    }
 
 
 def new_task_id() -> str:
