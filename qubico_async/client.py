@@ -16,6 +16,7 @@ from typing import Any, Literal
 import aiohttp
 import anyio
 import anyio.to_thread
+import attrs
 
 from . import _download
 from ._batch_runner import BatchRun
@@ -40,12 +41,15 @@ from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
 from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
 from .retry import RetryPolicy
+from .webhooks import WebhookHub, wait_first
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
 
 DEFAULT_BASE_URL = "https://api.piapi.ai"
 DEFAULT_UPLOAD_URL = "https://upload.theapi.app"
 DEFAULT_MAX_CONNECTIONS = 64
+WEBHOOK_FALLBACK_POLL = PollPolicy(initial=10.0, factor=1.5, max_interval=60.0, jitter=0.2)
+"""With webhooks the poll is only a safety net for lost deliveries: slow and cheap."""
 logger = logging.getLogger("qubico_async")
 _ENV_KEYS = ("QUBICO_API_KEY", "PIAPI_API_KEY")
 
@@ -75,6 +79,7 @@ class QubicoClient:
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         timeout: float | Timeouts | None = None,
+        webhooks: WebhookHub | None = None,
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
@@ -94,6 +99,8 @@ class QubicoClient:
         self._session: aiohttp.ClientSession | None = session
         self._state: _State = "new"
         self._rng = random.Random()
+        self.webhooks = webhooks
+        """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
         self._uploads = UploadCache()
         self._uploads_refused = False
 
@@ -152,7 +159,14 @@ class QubicoClient:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def submit(self, request: object, *, upload: UploadPolicy = "auto", resubmit_uncertain: bool = False) -> Task:
+    async def submit(
+        self,
+        request: object,
+        *,
+        webhook: WebhookConfig | None = None,
+        upload: UploadPolicy = "auto",
+        resubmit_uncertain: bool = False,
+    ) -> Task:
         """Create a task and return it as created (usually `pending`). Validates inputs first.
 
         `request` is a `FaceSwap`, `MultiFaceSwap`, `VideoFaceSwap`, `RawTask` or a unified-API
@@ -162,6 +176,8 @@ class QubicoClient:
         If the request was sent but no answer came back, raises `SubmissionUncertainError`
         instead of risking a second paid task, unless `resubmit_uncertain=True`.
         """
+        if webhook is not None:
+            request = attrs.evolve(coerce_request(request), webhook=webhook)
         prepared = await self._prepare(request, upload)
         return await self._create(prepared, resubmit_uncertain=resubmit_uncertain)
 
@@ -225,20 +241,37 @@ class QubicoClient:
         path = "/api/v1/task/" + urllib.parse.quote(task_id, safe="")
         return structure_task(_data(await self._request("GET", path), "get task"))
 
-    async def wait(self, task: Task | str, *, timeout: float | None = None, poll: PollPolicy | None = None) -> Task:
-        """Poll until the task is terminal and return it (failed tasks are returned, not raised).
+    async def wait(
+        self,
+        task: Task | str,
+        *,
+        timeout: float | None = None,
+        poll: PollPolicy | None = None,
+        via: Literal["poll", "webhook"] = "poll",
+    ) -> Task:
+        """Wait until the task is terminal and return it (failed tasks are returned, not raised).
 
-        Raises `WaitTimeoutError` after `timeout` seconds (default: the poll policy's); the
-        remote task is not cancelled. Cancelling the caller stops polling at once.
+        `via="poll"` polls with backoff. `via="webhook"` returns as soon as the attached
+        `WebhookHub` receives a terminal delivery, polling slowly (`poll`, default every 10-60 s)
+        as the fallback for lost deliveries; whichever comes first wins. Raises
+        `WaitTimeoutError` after `timeout` seconds (default: the poll policy's); the remote task
+        is not cancelled. Cancelling the caller stops waiting at once and leaves nothing behind.
         """
-        policy = poll or self.poll
         last = task if isinstance(task, Task) else None
         task_id = task.task_id if isinstance(task, Task) else task
         if last is not None and last.status.is_terminal:
             return last
+        if via not in ("poll", "webhook"):
+            raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
+        policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
         if timeout is None:
             is_video = last is not None and last.model == VIDEO_MODEL
-            timeout = policy.video_timeout if is_video else policy.timeout
+            timeout = self.poll.video_timeout if is_video else self.poll.timeout
+        if via == "webhook":
+            hub = self.webhooks
+            if hub is None:
+                raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
+            return await wait_first(hub, task_id, lambda: self.get_task(task_id), policy.intervals(self._rng), timeout)
         intervals = policy.intervals(self._rng)
         with anyio.move_on_after(timeout if timeout is not None else float("inf")):
             if last is not None:
@@ -246,6 +279,8 @@ class QubicoClient:
             while True:
                 last = await self.get_task(task_id)
                 if last.status.is_terminal:
+                    if self.webhooks is not None:
+                        self.webhooks.resolve(last)
                     return last
                 await anyio.sleep(next(intervals))
         raise WaitTimeoutError(task_id, last, timeout)
@@ -261,7 +296,8 @@ class QubicoClient:
     ) -> Task:
         """Submit and wait; raise `TaskFailedError` unless the task completed."""
         created = await self.submit(request, upload=upload, resubmit_uncertain=resubmit_uncertain)
-        done = await self.wait(created, timeout=timeout, poll=poll)
+        hooked = self.webhooks is not None and created.config.webhook is not None
+        done = await self.wait(created, timeout=timeout, poll=poll, via="webhook" if hooked else "poll")
         if not done.status.is_success:
             raise TaskFailedError(done)
         return done
