@@ -98,8 +98,10 @@ async def run_demo(out: Path, say: Callable[[str], None] = print) -> list[Path]:
                 tg.start_soon(one, case)
         for case in CASES:
             task = results[case.name]
-            path = await client.download(task, out / f"{case.name}{_ext(task)}", overwrite=True)
-            written.append(path)
+            before = out / f"{case.name}-before{os.path.splitext(case.target)[1]}"
+            await anyio.Path(before).write_bytes(_photo(case.target))
+            path = await client.download(task, out / f"{case.name}-after{_ext(task)}", overwrite=True)
+            written += [before, path]
             say(f"  {case.title:45s} -> {path}")
             rows.append((case.title, _photo(case.target), _photo(case.swap), await anyio.Path(path).read_bytes()))
     comparison = await anyio.to_thread.run_sync(_comparison, rows, out / "comparison.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import random
@@ -52,6 +53,7 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """API responses are small JSON; anything bigger is a broken or hostile server."""
 
 RequestKind = Literal["read", "create"]
+_STREAM_BODY_BYTES = 512 * 1024
 
 _STATUS_CLASSES: dict[int, type[APIError]] = {
     400: BadRequestError,
@@ -251,7 +253,8 @@ class Transport:
             async with session.request(
                 method,
                 url,
-                data=body,
+                # Big bodies go as a stream: aiohttp would otherwise copy them on the event loop.
+                data=io.BytesIO(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
                 headers=self._headers(body is not None),
                 timeout=self.timeouts.to_aiohttp(),
                 allow_redirects=False,

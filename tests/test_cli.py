@@ -200,6 +200,12 @@ async def test_demo_writes_results_and_comparison(tmp_path: Path, monkeypatch: p
     said: list[str] = []
     written = await run_demo(tmp_path / "demo", say=said.append)
     names = {p.name for p in written}
-    assert {"astronaut-with-hopper-face.jpg", "group-largest-face.jpg", "group-faces-exchanged.jpg"} <= names
+    expected = {
+        f"{case}-{when}.jpg"
+        for case in ("astronaut-with-hopper-face", "group-largest-face")
+        for when in ("before", "after")
+    }
+    assert expected <= names
+    assert "comparison.png" in names or any("install qubico_async[faces]" in line for line in said)
     assert all(p.stat().st_size > 1000 for p in written)
     assert any("emulator" in line for line in said)
