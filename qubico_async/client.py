@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -21,22 +20,20 @@ import attrs
 from . import _download
 from ._batch_runner import BatchRun
 from ._convert import structure_account, structure_task
-from ._mediainfo import VideoInfo
-from ._transport import Secret, Timeouts, Transport, fingerprint
-from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, content_digest, upload_body
+from ._payloads import MediaSender, coerce_media, encode_json
+from ._transport import Secret, Timeouts, Transport
+from ._uploads import UploadPolicy, content_digest
 from .batch import Prices, Progress
 from .errors import (
     ClientClosedError,
-    InsufficientPlanError,
     InvalidInputError,
     MalformedResponseError,
     MissingApiKeyError,
-    PermissionDeniedError,
     SubmissionUncertainError,
     TaskFailedError,
     WaitTimeoutError,
 )
-from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
+from .media import Image, Video, _Media
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
 from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
@@ -101,8 +98,7 @@ class QubicoClient:
         self._rng = random.Random()
         self.webhooks = webhooks
         """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
-        self._uploads = UploadCache()
-        self._uploads_refused = False
+        self._media = MediaSender(self._post_upload if self.upload_url is not None else None)
 
     def __repr__(self) -> str:
         state = "closed" if self._state == "closed" else ("open" if self._session is not None else "new")
@@ -183,35 +179,13 @@ class QubicoClient:
 
     async def _prepare(self, request: object, upload: UploadPolicy) -> Prepared:
         """Check and load the media (each file read once), then build the wire payload."""
-        req = coerce_request(request)
-        if upload not in ("auto", "always", "never"):
-            raise InvalidInputError(f"upload must be 'auto', 'always' or 'never', got {upload!r}")
         self._http()
         self._require_key()
-        loaded: dict[int, tuple[LoadedMedia, str]] = {}
-        frames: list[int] = []
-
-        async def load(media: _Media) -> tuple[LoadedMedia, str]:
-            if id(media) not in loaded:
-                content = await media.load()
-                loaded[id(media)] = (content, await content_digest(content.data))
-                if isinstance(content.info, VideoInfo) and content.info.frames is not None:
-                    frames.append(content.info.frames)
-            return loaded[id(media)]
-
-        async def canonical(media: _Media) -> str:
-            return media.url if media.is_url else "sha256:" + (await load(media))[1]
-
-        async def resolve(media: _Media) -> str:
-            return media.url if media.is_url else await self._wire_media(*(await load(media)), upload)
-
-        identity = fingerprint(await req.build(canonical))
-        payload = await req.build(resolve)
-        return Prepared(request=req, payload=payload, identity=identity, frames=frames[0] if frames else None)
+        return await self._media.prepare(request, upload)
 
     async def _create(self, prepared: Prepared, *, resubmit_uncertain: bool = False) -> Task:
         """The paid POST: sent once unless the failure proves no task was created."""
-        body = await _encode_json(prepared.payload)
+        body = await encode_json(prepared.payload)
         sent_at = time.time()
         envelope = await self._request(
             "POST",
@@ -446,70 +420,18 @@ class QubicoClient:
         Checked like any input first. The same bytes are uploaded once per client; the URL is
         reused for 23 hours. Needs the Creator plan or higher (`InsufficientPlanError` otherwise).
         """
-        media = _coerce_media(source)
+        media = coerce_media(source)
         if media.is_url:
             return media.url
         loaded = await media.load()
-        return await self._upload_loaded(loaded, await content_digest(loaded.data))
+        return await self._media.upload(loaded, await content_digest(loaded.data))
 
-    async def _upload_loaded(self, loaded: LoadedMedia, digest: str) -> str:
-        upload_url = self.upload_url
-        if upload_url is None:
-            raise InvalidInputError("uploads need an upload_url when base_url is not the default service")
-
-        async def send() -> str:
-            session = self._http()
-            self._require_key()
-            body = await upload_body(loaded)
-            try:
-                envelope = await self._transport.request(
-                    session, "POST", upload_url + "/api/ephemeral_resource", body=body, kind="read"
-                )
-            except PermissionDeniedError as exc:
-                raise InsufficientPlanError(
-                    f"uploads need the Creator plan or higher: {exc.message}",
-                    status=exc.status,
-                    code=exc.code,
-                    method=exc.method,
-                    url=exc.url,
-                    body=exc.body,
-                ) from None
-            data = envelope.get("data")
-            url = data.get("url") if isinstance(data, dict) else None
-            url = url or envelope.get("url")
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise MalformedResponseError("upload response has no http(s) url")
-            return url
-
-        return await self._uploads.get_or_upload(digest, send)
-
-    async def _wire_media(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str:
-        """What the service receives for local media: an upload URL or a data URI."""
-        auto_off = self._uploads_refused or self.upload_url is None
-        if policy != "never" and not (policy == "auto" and auto_off):
-            reused = self._uploads.seen(digest)
-            if policy == "always" or reused or len(loaded.data) > AUTO_UPLOAD_BYTES:
-                try:
-                    return await self._upload_loaded(loaded, digest)
-                except InsufficientPlanError:
-                    if policy == "always":
-                        raise
-                    self._uploads_refused = True
-                    logger.warning("uploads are not available on this plan; sending media inline from now on")
-        if len(loaded.data) > THREAD_THRESHOLD:
-            return await anyio.to_thread.run_sync(loaded.data_uri)
-        return loaded.data_uri()
-
-
-def _coerce_media(source: object) -> _Media:
-    if isinstance(source, _Media):
-        return source
-    is_video = (
-        source[4:8] == b"ftyp"
-        if isinstance(source, bytes)
-        else isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().split("?")[0].endswith(".mp4")
-    )
-    return Video.coerce(source) if is_video else Image.coerce(source)
+    async def _post_upload(self, body: bytes) -> dict[str, Any]:
+        session = self._http()
+        self._require_key()
+        assert self.upload_url is not None
+        # Uploads are free and idempotent enough: retried like reads.
+        return await self._transport.request(session, "POST", self.upload_url + "/api/ephemeral_resource", body=body)
 
 
 def _check_base_url(url: str, what: str) -> str:
@@ -533,11 +455,3 @@ def _result_url(task: Task | str) -> str:
             raise InvalidInputError(f"task {task.task_id} has no result URL (status: {task.status.value})")
         return url
     return task
-
-
-async def _encode_json(payload: dict[str, Any]) -> bytes:
-    def encode() -> bytes:
-        return json.dumps(payload, separators=(",", ":")).encode()
-
-    size = sum(len(v) for v in payload.get("input", {}).values() if isinstance(v, str))
-    return await anyio.to_thread.run_sync(encode) if size > THREAD_THRESHOLD else encode()

@@ -1,0 +1,128 @@
+"""From a request to the wire payload: each file read once, content fingerprinted, media inlined
+or uploaded according to the upload policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._mediainfo import VideoInfo
+from ._transport import fingerprint
+from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, content_digest, upload_body
+from .errors import InsufficientPlanError, InvalidInputError, MalformedResponseError, PermissionDeniedError
+from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
+from .requests import Prepared, coerce_request
+
+__all__ = ["MediaSender", "coerce_media", "encode_json"]
+
+logger = logging.getLogger("qubico_async")
+
+PostUpload = Callable[[bytes], Awaitable[dict[str, Any]]]
+"""Sends an upload body to the File Upload API and returns the decoded envelope."""
+
+
+class MediaSender:
+    """Prepares requests for one client and owns its upload cache."""
+
+    def __init__(self, post_upload: PostUpload | None) -> None:
+        self._post_upload = post_upload
+        self._cache = UploadCache()
+        self._refused = False  # the plan said no: `auto` inlines from then on
+
+    async def prepare(self, request: object, policy: UploadPolicy) -> Prepared:
+        """Check and load the media, fingerprint the content, build the wire payload."""
+        req = coerce_request(request)
+        if policy not in ("auto", "always", "never"):
+            raise InvalidInputError(f"upload must be 'auto', 'always' or 'never', got {policy!r}")
+        loaded: dict[int, tuple[LoadedMedia, str]] = {}
+        frames: list[int] = []
+
+        async def load(media: _Media) -> tuple[LoadedMedia, str]:
+            if id(media) not in loaded:
+                content = await media.load()
+                loaded[id(media)] = (content, await content_digest(content.data))
+                if isinstance(content.info, VideoInfo) and content.info.frames is not None:
+                    frames.append(content.info.frames)
+            return loaded[id(media)]
+
+        async def canonical(media: _Media) -> str:
+            return media.url if media.is_url else "sha256:" + (await load(media))[1]
+
+        async def resolve(media: _Media) -> str:
+            return media.url if media.is_url else await self.wire(*(await load(media)), policy)
+
+        identity = fingerprint(await req.build(canonical))
+        payload = await req.build(resolve)
+        return Prepared(request=req, payload=payload, identity=identity, frames=frames[0] if frames else None)
+
+    async def upload(self, loaded: LoadedMedia, digest: str) -> str:
+        """The upload URL for this content (uploaded at most once per client within 23 h)."""
+        post = self._post_upload
+        if post is None:
+            raise InvalidInputError("uploads need an upload_url when base_url is not the default service")
+
+        async def send() -> str:
+            try:
+                envelope = await post(await upload_body(loaded))
+            except PermissionDeniedError as exc:
+                raise InsufficientPlanError(
+                    f"uploads need the Creator plan or higher: {exc.message}",
+                    status=exc.status,
+                    code=exc.code,
+                    method=exc.method,
+                    url=exc.url,
+                    body=exc.body,
+                ) from None
+            data = envelope.get("data")
+            url = (data.get("url") if isinstance(data, dict) else None) or envelope.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise MalformedResponseError("upload response has no http(s) url")
+            return url
+
+        return await self._cache.get_or_upload(digest, send)
+
+    async def wire(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str:
+        """What the service receives for local media: an upload URL or a data URI."""
+        auto_off = self._refused or self._post_upload is None
+        if policy != "never" and not (policy == "auto" and auto_off):
+            reused = self._cache.seen(digest)
+            if policy == "always" or reused or len(loaded.data) > AUTO_UPLOAD_BYTES:
+                try:
+                    return await self.upload(loaded, digest)
+                except InsufficientPlanError:
+                    if policy == "always":
+                        raise
+                    self._refused = True
+                    logger.warning("uploads are not available on this plan; sending media inline from now on")
+        if len(loaded.data) > THREAD_THRESHOLD:
+            return await anyio.to_thread.run_sync(loaded.data_uri)
+        return loaded.data_uri()
+
+
+def coerce_media(source: object) -> _Media:
+    """An `Image`, or a `Video` for MP4 content or a `.mp4` path/URL."""
+    if isinstance(source, _Media):
+        return source
+    is_video = (
+        source[4:8] == b"ftyp"
+        if isinstance(source, bytes)
+        else isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().split("?")[0].endswith(".mp4")
+    )
+    return Video.coerce(source) if is_video else Image.coerce(source)
+
+
+async def encode_json(payload: dict[str, Any]) -> bytes:
+    """The request body, encoded off the event loop when the inlined media is large."""
+
+    def encode() -> bytes:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+    size = sum(len(v) for v in payload.get("input", {}).values() if isinstance(v, str))
+    return await anyio.to_thread.run_sync(encode) if size > THREAD_THRESHOLD else encode()
