@@ -1,0 +1,131 @@
+"""The rate controller (AIMD, creates first) and the learned poll schedule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from qubico_async import PollPolicy, Task, TaskMeta, TaskStatus
+from qubico_async._pollsched import PollScheduler
+from qubico_async._rate import RateController
+
+
+def _done(created: float | None = None, ended: float | None = None) -> Task:
+    def at(t: float | None) -> dt.datetime | None:
+        return None if t is None else dt.datetime.fromtimestamp(t, tz=dt.timezone.utc)
+
+    return Task(task_id="t", status=TaskStatus.COMPLETED, meta=TaskMeta(created_at=at(created), ended_at=at(ended)))
+
+
+def test_poll_schedule_uses_policy_until_it_has_learned() -> None:
+    policy = PollPolicy(initial=1.0, factor=2.0, max_interval=8.0, jitter=0.0)
+    sched = PollScheduler(policy)
+    assert list(itertools.islice(sched.waits(), 4)) == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_poll_schedule_first_poll_near_the_median_then_a_fifth() -> None:
+    sched = PollScheduler(PollPolicy(initial=1.0, jitter=0.0, max_interval=15.0))
+    for _ in range(5):
+        sched.observe(_done(100.0, 110.0), submitted_at=0.0, noticed_at=10.5, pending_at=None)
+    assert sched.estimate() == pytest.approx(10.0)
+    waits = list(itertools.islice(sched.waits(), 4))
+    assert waits[0] == pytest.approx(10.1)
+    assert waits[1:] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_server_durations_that_disagree_with_the_client_are_not_trusted() -> None:
+    sched = PollScheduler(PollPolicy(jitter=0.0))
+    for _ in range(3):  # server says 50 s, but the client saw it done after 2 s: clock trouble
+        sched.observe(_done(0.0, 50.0), submitted_at=0.0, noticed_at=2.0, pending_at=1.0)
+    assert sched.estimate() == pytest.approx(1.5)  # middle of the window the client saw
+
+
+def test_estimate_can_move_down() -> None:
+    sched = PollScheduler(PollPolicy(jitter=0.0))
+    for _ in range(3):
+        sched.observe(_done(), submitted_at=0.0, noticed_at=10.0, pending_at=None)
+    assert sched.estimate() == pytest.approx(8.0)  # done at the first look: guess shorter
+
+
+def test_outliers_fall_back_to_backoff() -> None:
+    policy = PollPolicy(initial=1.0, factor=2.0, max_interval=4.0, jitter=0.0)
+    sched = PollScheduler(policy)
+    for _ in range(3):
+        sched.observe(_done(0.0, 1.0), submitted_at=0.0, noticed_at=1.0, pending_at=0.9)
+    waits = list(itertools.islice(sched.waits(), 40))
+    assert waits[0] == pytest.approx(1.01)
+    assert max(waits) <= 4.0  # never longer than the policy allows
+
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_rate_controller_is_free_until_a_429() -> None:
+    rc = RateController()
+    start = time.monotonic()
+    for _ in range(1000):
+        await rc.acquire()
+    assert time.monotonic() - start < 0.5
+    assert rc.rate is None and not rc.limited
+
+
+async def test_retry_after_pauses_everyone() -> None:
+    rc = RateController()
+    rc.on_rate_limited(0.1)
+    start = time.monotonic()
+    await rc.acquire("create")
+    assert time.monotonic() - start >= 0.09
+    assert rc.rate is not None
+
+
+async def test_one_decrease_per_burst_and_slow_recovery() -> None:
+    now = [0.0]
+    rc = RateController(increase_per_second=2.0, min_rate=0.5, clock=lambda: now[0])
+    for _ in range(50):
+        await rc.acquire()
+    rc.on_rate_limited(None)
+    first = rc.rate
+    assert first is not None
+    for _ in range(20):  # the rest of the same burst
+        rc.on_rate_limited(None)
+    assert rc.rate == first
+    now[0] += 2.0
+    rc.on_rate_limited(None)  # a new burst, later: halve again
+    assert rc.rate == pytest.approx(first / 2)
+    now[0] += 1.0
+    rc._recover(now[0])
+    assert rc.rate == pytest.approx(first / 2 + 2.0)
+
+
+async def test_creates_go_before_polls() -> None:
+    rc = RateController(min_rate=20.0)
+    rc.on_rate_limited(None)
+    rc.rate = 20.0  # one request per 50 ms
+    order: list[str] = []
+
+    async def take(kind: str) -> None:
+        await rc.acquire(kind)  # type: ignore[arg-type]
+        order.append(kind)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(take, "poll")
+        await anyio.lowlevel.checkpoint()
+        for _ in range(3):
+            tg.start_soon(take, "create")
+    # the first poll may already hold the slot; every create then goes before the other polls
+    assert order[-2:] == ["poll", "poll"]
+    assert order.count("create") == 3
+
+
+async def test_max_wait_bounds_the_pause() -> None:
+    rc = RateController()
+    rc.on_rate_limited(60.0)
+    start = time.monotonic()
+    await rc.acquire(max_wait=0.05)
+    assert time.monotonic() - start < 1.0
