@@ -271,6 +271,12 @@ class BatchRun:
         submitted_at: float | None = None
         started: float | None = None  # monotonic submit time, for learning durations
         estimate = self._prices.estimate(prepared.request, prepared.frames)
+        if entry is not None and entry.fingerprint != prepared.identity:
+            reason = (
+                f"the journal recorded key {key!r} for different content; "
+                "give changed inputs a new key (or use a new journal)"
+            )
+            return done("failed", error=InvalidInputError(reason), reason=reason)
         if entry is not None and entry.state == "finished":
             replay = structure_task(entry.result) if entry.result and "task_id" in entry.result else None
             return done("skipped", task=replay, reason=f"already {entry.outcome} in the journal", replayed=True)

@@ -291,6 +291,17 @@ async def test_rerun_skips_finished_jobs(client_b: QubicoClient, emu_b: Emulator
     assert emu_b.stats.creates == 8
 
 
+async def test_a_key_reused_for_different_content_is_not_replayed(
+    client_b: QubicoClient, emu_b: Emulator, tmp_path: Path
+) -> None:
+    journal = tmp_path / "run.sqlite"
+    [o async for o in client_b.swap_many([Job(FaceSwap(png(1), FACE), key="photo")], journal=journal)]
+    changed = [o async for o in client_b.swap_many([Job(FaceSwap(png(2), FACE), key="photo")], journal=journal)]
+    assert changed[0].status == "failed"
+    assert "different content" in changed[0].reason
+    assert emu_b.stats.creates == 1
+
+
 async def test_uncertain_jobs_resubmitted_only_with_the_flag(
     client_b: QubicoClient, emu_b: Emulator, tmp_path: Path
 ) -> None:
