@@ -5,6 +5,8 @@ async with QubicoClient() as client:
     await client.download(task, "out.png")
 """
 
+import logging as _logging
+
 from ._transport import Timeouts
 from ._version import __version__
 from .batch import BatchReport, Job, Outcome, OutcomeStatus, Prices, Progress
@@ -95,3 +97,6 @@ __all__ = [
     "WebhookVerificationError",
     "__version__",
 ]
+
+# A library logs, the application decides where it goes: nothing is printed unless configured.
+_logging.getLogger("qubico_async").addHandler(_logging.NullHandler())

@@ -240,9 +240,12 @@ class QubicoClient:
         policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
         if timeout is None:
             is_video = last is not None and last.model == VIDEO_MODEL
-            timeout = self.poll.video_timeout if is_video else self.poll.timeout
+            source = poll if poll is not None else self.poll
+            timeout = source.video_timeout if is_video else source.timeout
         if via == "webhook":
             hub = self.webhooks
+            if last is not None and last.config.webhook is None:
+                logger.warning("task %s was created without a webhook: only the slow fallback poll will see it", task_id)
             if hub is None:
                 raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
             return await wait_first(hub, task_id, lambda: self.get_task(task_id), policy.intervals(self._rng), timeout)

@@ -1,0 +1,1 @@
+"""Glue for web frameworks: mount a `WebhookHub` as an HTTP endpoint (`.aiohttp`, `.fastapi`)."""

@@ -1,0 +1,86 @@
+"""Receive PiAPI webhooks in an aiohttp app::
+
+    from aiohttp import web
+    from qubico_async import QubicoClient
+    from qubico_async.webhooks import WebhookHub
+    from qubico_async.integrations.aiohttp import webhook_route
+
+    hub = WebhookHub(secret)
+    app = web.Application()
+    app.add_routes([webhook_route(hub)])                  # POST /qubico/webhook
+    ...
+    async with QubicoClient(webhooks=hub) as client:      # wait(task, via="webhook") resolves from it
+
+The endpoint refuses a body over `max_body` bytes with 413 (never reading more than that), checks
+`x-webhook-secret` before parsing anything (401 if wrong or missing), answers 400 to a body that
+is not a delivery, and 200 `{"ok": true}` to a delivery, a duplicate included. Never a 500: the
+sender would only retry it. Neither the secret nor the body is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import WebhookVerificationError
+from ..webhooks import MAX_BODY_BYTES, MalformedWebhookError, WebhookHub
+
+__all__ = ["DEFAULT_PATH", "webhook_handler", "webhook_route"]
+
+DEFAULT_PATH = "/qubico/webhook"
+
+logger = logging.getLogger("qubico_async")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def webhook_handler(hub: WebhookHub, *, max_body: int = MAX_BODY_BYTES) -> Handler:
+    """An aiohttp handler that feeds deliveries to `hub`; mount it on a POST route."""
+    if max_body < 1:
+        raise ValueError(f"max_body must be at least 1, got {max_body}")
+
+    async def qubico_webhook(request: web.Request) -> web.StreamResponse:
+        body = await _read_capped(request, max_body)
+        if body is None:
+            logger.warning("webhook rejected (413): body over %d bytes", max_body)
+            return _answer(413, "body too large")
+        try:
+            event = hub.handle(request.headers, body)  # verifies the secret before parsing
+        except WebhookVerificationError as exc:
+            logger.warning("webhook rejected (401): %s", exc)
+            return _answer(401, "unauthorized")
+        except MalformedWebhookError as exc:
+            logger.warning("webhook rejected (400): %s", exc)
+            return _answer(400, "malformed delivery")
+        if event is None:
+            logger.debug("webhook duplicate ignored")
+        else:
+            logger.debug("webhook for task %s: %s", event.task.task_id, event.task.status.value)
+        return web.json_response({"ok": True})
+
+    return qubico_webhook
+
+
+def webhook_route(hub: WebhookHub, path: str = DEFAULT_PATH, *, max_body: int = MAX_BODY_BYTES) -> web.RouteDef:
+    """`POST path` -> `webhook_handler(hub)`, for `app.add_routes([...])`."""
+    return web.post(path, webhook_handler(hub, max_body=max_body))
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The raw body, or None when it is over `cap` bytes (at most `cap + 1` bytes are read)."""
+    if request.content_length is not None and request.content_length > cap:
+        return None
+    body = bytearray()
+    while True:
+        chunk = await request.content.read(cap + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > cap:
+            return None
+
+
+def _answer(status: int, error: str) -> web.Response:
+    return web.json_response({"ok": False, "error": error}, status=status)
