@@ -1,6 +1,7 @@
 """When to poll a batch's tasks, learned from the batch's own completed tasks.
 
-Until a few tasks have finished, polls follow the `PollPolicy` backoff. After that the first
+Until a few tasks have finished, the first poll follows the `PollPolicy` and later ones come at a
+fifth of the time waited so far. After that the first
 poll of a task comes near the observed median duration and later ones at a fifth of it, so a
 steady service costs about one or two GETs per task and a finished task is noticed within
 about 20% of the processing time.
@@ -67,8 +68,13 @@ class PollScheduler:
         first = True
         while True:
             estimate = self.estimate()
-            if estimate is None or elapsed > 4 * estimate + self.policy.max_interval:
-                wait = next(backoff)  # nothing learned yet, or an outlier: plain backoff
+            if estimate is None and not first:
+                # Nothing learned yet: each poll a fifth of the time waited so far, so even the
+                # batch's first tasks are noticed within about 20% of their duration.
+                spread = 1.0 + self.policy.jitter * (2.0 * self._rng.random() - 1.0)
+                wait = min(self.policy.max_interval, max(self.policy.initial, elapsed) * _FOLLOW_UP * spread)
+            elif estimate is None or elapsed > 4 * estimate + self.policy.max_interval:
+                wait = next(backoff)  # the first poll, or an outlier: plain backoff
             elif first or elapsed < estimate:
                 wait = max(0.0, estimate * (1 + _MARGIN) - elapsed)
             else:

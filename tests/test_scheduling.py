@@ -22,10 +22,15 @@ def _done(created: float | None = None, ended: float | None = None) -> Task:
     return Task(task_id="t", status=TaskStatus.COMPLETED, meta=TaskMeta(created_at=at(created), ended_at=at(ended)))
 
 
-def test_poll_schedule_uses_policy_until_it_has_learned() -> None:
+def test_poll_schedule_before_learning_keeps_notice_delay_within_a_fifth() -> None:
     policy = PollPolicy(initial=1.0, factor=2.0, max_interval=8.0, jitter=0.0)
     sched = PollScheduler(policy)
-    assert list(itertools.islice(sched.waits(), 4)) == [1.0, 2.0, 4.0, 8.0]
+    waits = list(itertools.islice(sched.waits(), 5))
+    assert waits == pytest.approx([1.0, 0.2, 0.24, 0.288, 0.3456])
+    elapsed = list(itertools.accumulate(waits))
+    assert all(w <= 0.2 * e + 1e-9 for w, e in zip(waits[1:], elapsed))  # each gap is a fifth of the time so far
+    long = list(itertools.islice(sched.waits(), 200))
+    assert max(long) == 8.0  # capped by the policy
 
 
 def test_poll_schedule_first_poll_near_the_median_then_a_fifth() -> None:
