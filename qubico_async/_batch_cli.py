@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -50,12 +51,21 @@ def read_manifest(path: Path) -> list[tuple[str, str | None, str | None]]:
 
     Relative paths are relative to the CSV's folder. Raises `InvalidInputError` naming the line.
     """
+    too_big = InvalidInputError(f"{path}: manifest over {MAX_MANIFEST_BYTES // 1_048_576} MB")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_MANIFEST_BYTES:
+                raise too_big  # refused without reading it
+            chunks: list[bytes] = []  # read in pieces up to the cap: a pipe or /dev/zero has no size
+            size = 0
+            while size <= MAX_MANIFEST_BYTES and (chunk := f.read(min(1 << 20, MAX_MANIFEST_BYTES + 1 - size))):
+                chunks.append(chunk)
+                size += len(chunk)
+            raw = b"".join(chunks)
     except OSError as exc:
         raise InvalidInputError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise InvalidInputError(f"{path}: manifest over {MAX_MANIFEST_BYTES // 1_048_576} MB")
+        raise too_big
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._convert import structure_task
 from ._pollsched import PollScheduler
+from ._webhook_hub import TRANSIENT_POLL_ERRORS
 from .batch import BatchReport, Job, Outcome, OutcomeStatus, Prices, Progress
 from .errors import (
     APIError,
@@ -155,6 +156,8 @@ class BatchRun:
             if cancel and not supervisor.done():
                 supervisor.cancel()
             await asyncio.wait([supervisor])
+        if self.report is None:  # cancelled before the supervisor ever ran
+            self._finish_report()
 
     async def _iterate(self) -> AsyncIterator[Outcome]:
         send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=_OUTCOME_BUFFER)
@@ -179,6 +182,7 @@ class BatchRun:
         finally:
             # Ran to the end: let the supervisor finish its bookkeeping. Left early: stop it.
             await self._join(cancel=not finished)
+            send.close()  # the supervisor closes it, unless it was cancelled before it started
         supervisor = self._supervisor
         if not supervisor.cancelled() and supervisor.exception() is not None:
             raise supervisor.exception()  # type: ignore[misc]
@@ -363,7 +367,13 @@ class BatchRun:
             for wait in self._scheduler.waits():
                 await anyio.sleep(wait)
                 asked_at = time.monotonic()
-                last = await self._client.get_task(task_id)
+                try:
+                    last = await self._client.get_task(task_id)
+                except TRANSIENT_POLL_ERRORS as exc:
+                    # The task exists (and may be paid for): a flaky poll must not turn it into a
+                    # failure without its result. Keep polling until the deadline.
+                    logger.warning("polling task %s failed, will retry: %s", task_id, exc)
+                    continue
                 if last.status.is_terminal:
                     if started is not None:  # not for tasks resumed from a journal
                         self._scheduler.observe(last, started, asked_at, pending_at)
@@ -380,7 +390,12 @@ class BatchRun:
 
     async def _emit(self, send: MemoryObjectSendStream[Outcome], outcome: Outcome) -> None:
         self._counts[outcome.status] += 1
-        await send.send(outcome)
+        try:
+            await send.send(outcome)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            # The consumer left (break, cancel) before this job's outcome: nobody can take it (the
+            # journal has it). Raising would fail the supervisor with an error nobody retrieves.
+            return
         if self._on_progress is not None:
             try:
                 self._on_progress(self.progress())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
+from ._transport import Timeouts
 from .errors import (
     InvalidInputError,
     MalformedResponseError,
@@ -28,6 +30,7 @@ __all__ = ["DEFAULT_MAX_BYTES", "fetch_bytes", "fetch_to_file"]
 logger = logging.getLogger("qubico_async")
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+_DEFAULT_TIMEOUTS = Timeouts()
 _CHUNK = 256 * 1024
 _EXT_BY_TYPE = {
     "image/jpeg": ".jpg",
@@ -57,9 +60,15 @@ async def _stream(
     retry: RetryPolicy,
     max_bytes: int,
     sink: _Sink,
+    timeouts: Timeouts,
 ) -> str:
-    """Stream `url` into `sink`, retrying transport errors and 5xx; returns the content type."""
+    """Stream `url` into `sink`, retrying transport errors and 5xx; returns the content type.
+
+    `timeouts.connect` and `timeouts.read` (the longest silence) apply to each attempt; `total`
+    does not: a large video may take long to arrive, but a stalled transfer never hangs.
+    """
     _check_url(url)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
     rng = random.Random()
     attempt = 0
     while True:
@@ -67,7 +76,7 @@ async def _stream(
         sink.reset()
         try:
             # No API key here: result URLs live on storage hosts that must never see it.
-            async with session.get(url, allow_redirects=True, max_redirects=5) as resp:
+            async with session.get(url, allow_redirects=True, max_redirects=5, timeout=timeout) as resp:
                 if resp.status in (404, 410):
                     raise ResultExpiredError(
                         _EXPIRED.format(url=_short(url), status=resp.status),
@@ -88,7 +97,7 @@ async def _stream(
                         raise MalformedResponseError(f"result is larger than the {max_bytes}-byte cap")
                     await sink.write(chunk)
                 return resp.content_type or ""
-        except (aiohttp.ClientError, TimeoutError, ServerError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ServerError) as exc:
             if attempt >= retry.max_attempts:
                 if isinstance(exc, ServerError):
                     raise
@@ -131,10 +140,15 @@ class _FileSink(_Sink):
 
 
 async def fetch_bytes(
-    session: aiohttp.ClientSession, url: str, *, retry: RetryPolicy, max_bytes: int = DEFAULT_MAX_BYTES
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    retry: RetryPolicy,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
 ) -> bytes:
     sink = _MemorySink()
-    await _stream(session, url, retry, max_bytes, sink)
+    await _stream(session, url, retry, max_bytes, sink, timeouts)
     return b"".join(sink.chunks)
 
 
@@ -147,6 +161,7 @@ async def fetch_to_file(
     overwrite: bool,
     retry: RetryPolicy,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
 ) -> Path:
     """Download into a temp file beside the target, then move it into place atomically."""
     _check_url(url)
@@ -156,7 +171,7 @@ async def fetch_to_file(
     tmp = folder / f".{safe_filename(name_hint or dest.name)}.{secrets.token_hex(4)}.part"
     try:
         async with await anyio.open_file(tmp, "wb") as file:
-            content_type = await _stream(session, url, retry, max_bytes, _FileSink(file))
+            content_type = await _stream(session, url, retry, max_bytes, _FileSink(file), timeouts)
         if is_dir:
             stem = safe_filename(name_hint or Path(urllib.parse.urlsplit(url).path).stem or "result")
             ext = _EXT_BY_TYPE.get(content_type) or _url_ext(url)

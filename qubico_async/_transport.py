@@ -52,6 +52,13 @@ logger = logging.getLogger("qubico_async")
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """API responses are small JSON; anything bigger is a broken or hostile server."""
 
+_ERROR_BODY_BYTES = 64 * 1024
+"""Of an error response only the start is read: its message is cut to a few hundred characters anyway."""
+
+_MAX_SECRETS = 64
+"""Webhook secrets remembered per client for redaction (an app normally uses one)."""
+_NOT_JSON = object()
+
 RequestKind = Literal["read", "create"]
 _STREAM_BODY_BYTES = 512 * 1024
 
@@ -109,21 +116,25 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACE = re.compile(r"\s+")
 
 
-def _describe_body(raw: bytes, reason: str) -> tuple[str, int | None]:
-    """(message, envelope code) from an error body: JSON envelope, empty, HTML page or text."""
-    text = raw[:4096].decode("utf-8", "replace").strip()
+def _describe_body(full: str, reason: str, redact: Callable[[str], str]) -> tuple[str, int | None]:
+    """(message, envelope code) from an (already redacted) error body: JSON envelope, empty, HTML or text.
+
+    Decoded JSON is redacted again (an escaped echo), always before cutting: a secret cut in half
+    would no longer match.
+    """
+    text = full[:4096].strip()
     if not text:
         return (reason or "empty response body"), None
     try:
-        parsed = json.loads(raw)
+        parsed = json.loads(full)
     except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
         code = parsed.get("code")
         msg = parsed.get("message") or parsed.get("error") or parsed.get("detail") or reason
         if isinstance(msg, dict):
-            msg = msg.get("message") or json.dumps(msg)[:200]
-        return str(msg)[:500], code if isinstance(code, int) and not isinstance(code, bool) else None
+            msg = msg.get("message") or redact(json.dumps(msg))[:200]
+        return redact(str(msg))[:500], code if isinstance(code, int) and not isinstance(code, bool) else None
     if text.startswith("<") or "<html" in text[:200].lower():
         title = _TITLE.search(text)
         words = title.group(1) if title else _TAGS.sub(" ", text)
@@ -141,14 +152,23 @@ def _error_for_status(
     url: str,
     redact: Callable[[str], str],
 ) -> APIError:
-    message, code = _describe_body(raw, reason)
-    message = redact(message)
+    # Redacted whole, before any cut. At most 64 KiB (an error status) or 8 MB (an error envelope in a 2xx).
+    full = redact(raw.decode("utf-8", "replace"))
+    message, code = _describe_body(full, reason, redact)
     cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
-    body = redact(raw[:1000].decode("utf-8", "replace"))
+    body = full[:1000]
     kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url, "body": body}
     if cls is RateLimitError:
-        return RateLimitError(message, retry_after=parse_retry_after(headers), **kwargs)
+        return RateLimitError(message, retry_after=_retry_after(headers), **kwargs)
     return cls(message, **kwargs)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """`parse_retry_after`, but a hostile HTTP-date (a year or UTC offset beyond a C int) is no hint."""
+    try:
+        return parse_retry_after(headers)
+    except (OverflowError, ValueError, TypeError, IndexError):
+        return None
 
 
 class Transport:
@@ -163,6 +183,7 @@ class Transport:
         limiter: RateController | None = None,
     ) -> None:
         self._api_key = api_key
+        self._secrets: dict[str, None] = {}  # webhook secrets sent in creates, newest last
         self.retry = retry
         self.timeouts = timeouts
         self.limiter = limiter or RateController()
@@ -179,8 +200,28 @@ class Transport:
         return headers
 
     def _redact(self, text: str) -> str:
+        """`text` without the API key or any webhook secret this transport has sent."""
         key = self._api_key.reveal() if self._api_key is not None else ""
-        return text.replace(key, "***") if key else text
+        if key:
+            text = text.replace(key, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def add_secret(self, secret: str) -> None:
+        """Redact `secret` (e.g. the app's webhook secret) from every message from now on."""
+        if secret:
+            self._secrets.pop(secret, None)
+            self._secrets[secret] = None
+
+    def _remember_secret(self, request: object) -> None:
+        """A server may echo the create's `webhook_config.secret` in any later answer: redact it too."""
+        secret = getattr(getattr(request, "webhook", None), "secret", None)
+        if isinstance(secret, str) and secret:
+            self._secrets.pop(secret, None)
+            self._secrets[secret] = None
+            if len(self._secrets) > _MAX_SECRETS:
+                del self._secrets[next(iter(self._secrets))]
 
     async def request(
         self,
@@ -199,6 +240,7 @@ class Transport:
         For `kind="create"`, a failure after the body may have reached the service raises
         `SubmissionUncertainError` (or resends, with `resubmit_uncertain=True`).
         """
+        self._remember_secret(request)
         attempt = 0
         while True:
             attempt += 1
@@ -249,6 +291,7 @@ class Transport:
         self, session: aiohttp.ClientSession, method: str, url: str, body: bytes | None
     ) -> dict[str, Any]:
         started = time.monotonic()
+        failure: TransportError | None = None
         try:
             async with session.request(
                 method,
@@ -259,18 +302,25 @@ class Transport:
                 timeout=self.timeouts.to_aiohttp(),
                 allow_redirects=False,
             ) as resp:
-                raw = await _read_capped(resp, MAX_RESPONSE_BYTES)
+                if 200 <= resp.status < 300:
+                    raw = await _read_capped(resp, MAX_RESPONSE_BYTES)
+                else:  # an error is classified by its status, whatever the size of its page
+                    raw = await _read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
                 status, reason, headers = resp.status, resp.reason or "", resp.headers
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError(
+            failure = TransportError(
                 f"could not connect to {_origin(url)}: {self._redact(str(exc)) or type(exc).__name__}",
                 sent=False,
-            ) from None
+            )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise TransportError(f"{method} {_path(url)} timed out waiting for the response") from None
+            failure = TransportError(f"{method} {_path(url)} timed out waiting for the response")
         except aiohttp.ClientError as exc:
             detail = self._redact(str(exc)) or type(exc).__name__
-            raise TransportError(f"{method} {_path(url)} failed: {detail}") from None
+            failure = TransportError(f"{method} {_path(url)} failed: {detail}")
+        if failure is not None:
+            # Raised outside the handler, so the aiohttp error is not kept as `__context__`: its
+            # `request_info` holds the request headers, the API key included.
+            raise failure
         elapsed = (time.monotonic() - started) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, _path(url), status, elapsed)
         if not 200 <= status < 300:
@@ -278,12 +328,16 @@ class Transport:
         return _decode_envelope(raw, reason, headers, method, _path(url), self._redact)
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+    """The body, at most `cap` bytes: over it, the first `cap` bytes if `truncate`, else an error."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > cap:
+            if truncate:  # the rest is never read: aiohttp closes the connection instead of reusing it
+                chunks.append(chunk[: len(chunk) - (size - cap)])
+                break
             raise MalformedResponseError(f"response body larger than {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -295,8 +349,10 @@ def _decode_envelope(
     try:
         parsed = json.loads(raw)
     except (ValueError, RecursionError):
-        snippet = redact(raw[:80].decode("utf-8", "replace"))
-        raise MalformedResponseError(f"{method} {path}: response is not JSON ({snippet!r})") from None
+        parsed = _NOT_JSON  # raised below, not here: the decode error's `.doc` is the whole body
+    if parsed is _NOT_JSON:
+        snippet = redact(raw.decode("utf-8", "replace"))[:80]
+        raise MalformedResponseError(f"{method} {path}: response is not JSON ({snippet!r})")
     if not isinstance(parsed, dict):
         raise MalformedResponseError(f"{method} {path}: response is not a JSON object")
     code = parsed.get("code")

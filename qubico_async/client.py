@@ -97,6 +97,8 @@ class QubicoClient:
         self._state: _State = "new"
         self._rng = random.Random()
         self.webhooks = webhooks
+        if webhooks is not None:
+            self._transport.add_secret(webhooks.secret)
         """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
         self._media = MediaSender(self._post_upload if self.upload_url is not None else None)
 
@@ -245,7 +247,9 @@ class QubicoClient:
         if via == "webhook":
             hub = self.webhooks
             if last is not None and last.config.webhook is None:
-                logger.warning("task %s was created without a webhook: only the slow fallback poll will see it", task_id)
+                logger.warning(
+                    "task %s was created without a webhook: only the slow fallback poll will see it", task_id
+                )
             if hub is None:
                 raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
             return await wait_first(hub, task_id, lambda: self.get_task(task_id), policy.intervals(self._rng), timeout)
@@ -388,7 +392,9 @@ class QubicoClient:
     async def download_bytes(self, task: Task | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES) -> bytes:
         """The result file's content (streamed, capped at `max_bytes`)."""
         url = _result_url(task)
-        return await _download.fetch_bytes(self._http(), url, retry=self.retry, max_bytes=max_bytes)
+        return await _download.fetch_bytes(
+            self._http(), url, retry=self.retry, max_bytes=max_bytes, timeouts=self._transport.timeouts
+        )
 
     async def download(
         self,
@@ -413,6 +419,7 @@ class QubicoClient:
             overwrite=overwrite,
             retry=self.retry,
             max_bytes=max_bytes,
+            timeouts=self._transport.timeouts,
         )
 
     # -- media -------------------------------------------------------------------------------

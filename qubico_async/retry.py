@@ -96,11 +96,14 @@ def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
+        try:
+            seconds = (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds()
+        except OverflowError:
+            return None
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
         return None
     return max(0.0, seconds)

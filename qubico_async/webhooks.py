@@ -195,6 +195,11 @@ class WebhookHub(TaskRouter):
         self._secret = secret
         self._dedupe = Deduplicator(dedupe_size)
 
+    @property
+    def secret(self) -> str:
+        """The expected `x-webhook-secret` (the client uses it to redact messages; never logged)."""
+        return self._secret
+
     def handle(self, headers: Mapping[str, str], body: bytes | bytearray | str) -> WebhookEvent | None:
         """Process one delivery. Returns the event, or None for a duplicate (answer 2xx either way).
 

@@ -28,7 +28,9 @@ def test_poll_schedule_before_learning_keeps_notice_delay_within_a_fifth() -> No
     waits = list(itertools.islice(sched.waits(), 5))
     assert waits == pytest.approx([1.0, 0.2, 0.24, 0.288, 0.3456])
     elapsed = list(itertools.accumulate(waits))
-    assert all(w <= 0.2 * e + 1e-9 for w, e in zip(waits[1:], elapsed))  # each gap is a fifth of the time so far
+    assert all(
+        w <= 0.2 * e + 1e-9 for w, e in zip(waits[1:], elapsed, strict=False)
+    )  # each gap is a fifth of the time so far
     long = list(itertools.islice(sched.waits(), 200))
     assert max(long) == 8.0  # capped by the policy
 
