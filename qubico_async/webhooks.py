@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -33,7 +34,10 @@ from ._webhook_hub import TaskRouter, TaskSubscription, wait_first
 from .errors import MalformedResponseError, WebhookVerificationError
 from .models import Task
 
+logger = logging.getLogger("qubico_async")
+
 __all__ = [
+    "answer_delivery",
     "MAX_BODY_BYTES",
     "SECRET_HEADER",
     "Deduplicator",
@@ -211,3 +215,28 @@ class WebhookHub(TaskRouter):
             return None
         self.resolve(event.task)
         return event
+
+
+def answer_delivery(hub: WebhookHub, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, Any]]:
+    """The HTTP answer to one delivery, for framework handlers: (status, JSON body).
+
+    `body` is None when it was over the handler's size cap (413). Then 401 for a wrong secret
+    (checked before parsing), 400 for a malformed body, 200 otherwise, duplicates included.
+    Never a 500: the sender would only retry. Neither the secret nor the body is logged.
+    """
+    if body is None:
+        logger.warning("webhook rejected (413): body too large")
+        return 413, {"ok": False, "error": "body too large"}
+    try:
+        event = hub.handle(headers, body)  # verifies the secret before parsing
+    except WebhookVerificationError as exc:
+        logger.warning("webhook rejected (401): %s", exc)
+        return 401, {"ok": False, "error": "unauthorized"}
+    except MalformedWebhookError as exc:
+        logger.warning("webhook rejected (400): %s", exc)
+        return 400, {"ok": False, "error": "malformed delivery"}
+    if event is None:
+        logger.debug("webhook duplicate ignored")
+    else:
+        logger.debug("webhook for task %s: %s", event.task.task_id, event.task.status.value)
+    return 200, {"ok": True}

@@ -19,19 +19,16 @@ sender would only retry it. Neither the secret nor the body is logged.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import WebhookVerificationError
-from ..webhooks import MAX_BODY_BYTES, MalformedWebhookError, WebhookHub
+from ..webhooks import MAX_BODY_BYTES, WebhookHub, answer_delivery
 
 __all__ = ["DEFAULT_PATH", "webhook_handler", "webhook_route"]
 
 DEFAULT_PATH = "/qubico/webhook"
 
-logger = logging.getLogger("qubico_async")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,23 +39,8 @@ def webhook_handler(hub: WebhookHub, *, max_body: int = MAX_BODY_BYTES) -> Handl
         raise ValueError(f"max_body must be at least 1, got {max_body}")
 
     async def qubico_webhook(request: web.Request) -> web.StreamResponse:
-        body = await _read_capped(request, max_body)
-        if body is None:
-            logger.warning("webhook rejected (413): body over %d bytes", max_body)
-            return _answer(413, "body too large")
-        try:
-            event = hub.handle(request.headers, body)  # verifies the secret before parsing
-        except WebhookVerificationError as exc:
-            logger.warning("webhook rejected (401): %s", exc)
-            return _answer(401, "unauthorized")
-        except MalformedWebhookError as exc:
-            logger.warning("webhook rejected (400): %s", exc)
-            return _answer(400, "malformed delivery")
-        if event is None:
-            logger.debug("webhook duplicate ignored")
-        else:
-            logger.debug("webhook for task %s: %s", event.task.task_id, event.task.status.value)
-        return web.json_response({"ok": True})
+        status, payload = answer_delivery(hub, request.headers, await _read_capped(request, max_body))
+        return web.json_response(payload, status=status)
 
     return qubico_webhook
 
@@ -80,7 +62,3 @@ async def _read_capped(request: web.Request, cap: int) -> bytes | None:
         body += chunk
         if len(body) > cap:
             return None
-
-
-def _answer(status: int, error: str) -> web.Response:
-    return web.json_response({"ok": False, "error": error}, status=status)

@@ -20,7 +20,6 @@ Needs the `fastapi` extra (`pip install "qubico_async[fastapi]"`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -32,8 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.applications import Starlette
 
 from ..client import QubicoClient
-from ..errors import WebhookVerificationError
-from ..webhooks import MAX_BODY_BYTES, MalformedWebhookError, WebhookHub
+from ..webhooks import MAX_BODY_BYTES, WebhookHub, answer_delivery
 
 __all__ = [
     "DEFAULT_PATH",
@@ -53,7 +51,6 @@ DEFAULT_PATH = "/qubico/webhook"
 STATE_ATTR = "qubico"
 """The client lives at `app.state.qubico` while the app runs."""
 
-logger = logging.getLogger("qubico_async")
 
 T = TypeVar("T")
 
@@ -154,23 +151,8 @@ def webhook_router(
     @router.post(path, include_in_schema=include_in_schema, response_model=None)
     async def qubico_webhook(request: Request) -> JSONResponse:
         hub = get_hub(request)
-        body = await _read_capped(request, max_body)
-        if body is None:
-            logger.warning("webhook rejected (413): body over %d bytes", max_body)
-            return _answer(413, "body too large")
-        try:
-            event = hub.handle(request.headers, body)  # verifies the secret before parsing
-        except WebhookVerificationError as exc:
-            logger.warning("webhook rejected (401): %s", exc)
-            return _answer(401, "unauthorized")
-        except MalformedWebhookError as exc:
-            logger.warning("webhook rejected (400): %s", exc)
-            return _answer(400, "malformed delivery")
-        if event is None:
-            logger.debug("webhook duplicate ignored")
-        else:
-            logger.debug("webhook for task %s: %s", event.task.task_id, event.task.status.value)
-        return JSONResponse({"ok": True})
+        status, payload = answer_delivery(hub, request.headers, await _read_capped(request, max_body))
+        return JSONResponse(payload, status_code=status)
 
     return router
 
@@ -226,7 +208,3 @@ async def _read_capped(request: Request, cap: int) -> bytes | None:
         if len(body) > cap:
             return None
     return bytes(body)
-
-
-def _answer(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": error}, status_code=status)
