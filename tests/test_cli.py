@@ -209,3 +209,18 @@ async def test_demo_writes_results_and_comparison(tmp_path: Path, monkeypatch: p
     assert "comparison.png" in names or any("install qubico_async[faces]" in line for line in said)
     assert all(p.stat().st_size > 1000 for p in written)
     assert any("emulator" in line for line in said)
+
+
+def test_output_names_from_inputs_stay_in_the_folder() -> None:
+    from qubico_async._batch_cli import _out_name
+
+    for target in (
+        "../../etc/passwd.png",
+        "/abs/path/x.jpg",
+        "https://cdn.example/a/..%2F..%2Fb.png?x=1",
+        "data:image/png;base64,AAAA",
+        "...png",
+    ):
+        name = _out_name(target, 7, ".png")
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert name.endswith("-swapped.png")
