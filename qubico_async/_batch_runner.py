@@ -36,7 +36,7 @@ from .errors import (
 from .journal import Journal
 from .models import AccountInfo, Task
 from .polling import PollPolicy
-from .requests import VIDEO_MODEL, Prepared
+from .requests import Prepared
 
 __all__ = ["DEFAULT_CONCURRENCY", "BatchRun"]
 
@@ -361,7 +361,7 @@ class BatchRun:
         if last is not None and last.status.is_terminal:
             return last
         policy = self._scheduler.policy
-        timeout = policy.video_timeout if last is not None and last.model == VIDEO_MODEL else policy.timeout
+        timeout = policy.timeout_for(last)
         pending_at: float | None = None
         with anyio.move_on_after(timeout if timeout is not None else math.inf):
             for wait in self._scheduler.waits():

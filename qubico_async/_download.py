@@ -48,9 +48,9 @@ def _check_url(url: str) -> None:
         raise InvalidInputError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
 
 
-def safe_filename(name: str) -> str:
+def safe_filename(name: str, fallback: str = "result") -> str:
     """A file name that cannot leave its folder: path separators and odd characters replaced."""
-    cleaned = _SAFE_NAME.sub("_", name).strip("._") or "result"
+    cleaned = _SAFE_NAME.sub("_", name).strip("._") or fallback
     return cleaned[:150]
 
 

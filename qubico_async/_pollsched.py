@@ -71,15 +71,14 @@ class PollScheduler:
             if estimate is None and not first:
                 # Nothing learned yet: each poll a fifth of the time waited so far, so even the
                 # batch's first tasks are noticed within about 20% of their duration.
-                spread = 1.0 + self.policy.jitter * (2.0 * self._rng.random() - 1.0)
+                spread = self.policy.spread(self._rng)
                 wait = min(self.policy.max_interval, max(self.policy.initial, elapsed) * _FOLLOW_UP * spread)
             elif estimate is None or elapsed > 4 * estimate + self.policy.max_interval:
                 wait = next(backoff)  # the first poll, or an outlier: plain backoff
             elif first or elapsed < estimate:
                 wait = max(0.0, estimate * (1 + _MARGIN) - elapsed)
             else:
-                spread = 1.0 + self.policy.jitter * (2.0 * self._rng.random() - 1.0)
-                wait = min(self.policy.max_interval, estimate * _FOLLOW_UP * spread)
+                wait = min(self.policy.max_interval, estimate * _FOLLOW_UP * self.policy.spread(self._rng))
             first = False
             elapsed += wait
             yield wait

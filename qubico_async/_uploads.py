@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import anyio
 import anyio.to_thread
 from attrs import define, field
 
+from ._download import safe_filename
 from .media import THREAD_THRESHOLD, LoadedMedia
 
 __all__ = [
@@ -36,7 +36,6 @@ REUSE_SECONDS = 23 * 3600
 AUTO_UPLOAD_BYTES = 2 * 1024 * 1024
 """With `upload="auto"`, local media larger than this is uploaded instead of inlined."""
 MAX_FILE_NAME = 128
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 async def content_digest(data: bytes) -> str:
@@ -48,7 +47,7 @@ async def content_digest(data: bytes) -> str:
 
 def _file_name(loaded: LoadedMedia) -> str:
     stem, _, ext = loaded.filename.rpartition(".")
-    stem = _UNSAFE.sub("_", stem).strip("._") or "file"
+    stem = safe_filename(stem, fallback="file")
     return stem[: MAX_FILE_NAME - len(ext) - 1] + "." + ext
 
 

@@ -36,7 +36,7 @@ from .errors import (
 from .media import Image, Video, _Media
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
-from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
+from .requests import FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
 from .retry import RetryPolicy
 from .webhooks import WebhookHub, wait_first
 
@@ -241,9 +241,7 @@ class QubicoClient:
             raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
         policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
         if timeout is None:
-            is_video = last is not None and last.model == VIDEO_MODEL
-            source = poll if poll is not None else self.poll
-            timeout = source.video_timeout if is_video else source.timeout
+            timeout = (poll if poll is not None else self.poll).timeout_for(last)
         if via == "webhook":
             hub = self.webhooks
             if last is not None and last.config.webhook is None:

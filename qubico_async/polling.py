@@ -8,6 +8,9 @@ from typing import Any
 
 from attrs import Attribute, field, frozen, validators
 
+from .models import Task
+from .requests import VIDEO_MODEL
+
 __all__ = ["PollPolicy"]
 
 
@@ -38,11 +41,18 @@ class PollPolicy:
         """Poll back to back (for tests against the emulator), still with a deadline."""
         return cls(initial=0.0, factor=1.0, max_interval=0.0, jitter=0.0, timeout=timeout, video_timeout=timeout)
 
+    def spread(self, rng: random.Random) -> float:
+        """A random factor in `[1 - jitter, 1 + jitter]`, so waiters do not poll in lockstep."""
+        return 1.0 + self.jitter * (2.0 * rng.random() - 1.0)
+
+    def timeout_for(self, task: Task | None) -> float | None:
+        """The default deadline for waiting on `task`: `video_timeout` for video tasks."""
+        return self.video_timeout if task is not None and task.model == VIDEO_MODEL else self.timeout
+
     def intervals(self, rng: random.Random | None = None) -> Iterator[float]:
         """The waits between consecutive polls, forever."""
         rnd = rng or random.Random()
         interval = self.initial
         while True:
-            spread = 1.0 + self.jitter * (2.0 * rnd.random() - 1.0)
-            yield max(0.0, min(interval, self.max_interval) * spread)
+            yield max(0.0, min(interval, self.max_interval) * self.spread(rnd))
             interval = min(interval * self.factor, self.max_interval)

@@ -82,7 +82,7 @@ def is_uncertain_create(exc: BaseException) -> bool:
 
 
 def retry_after_of(exc: BaseException) -> float | None:
-    return exc.retry_after if isinstance(exc, RateLimitError) else getattr(exc, "retry_after", None)
+    return exc.retry_after if isinstance(exc, RateLimitError) else None
 
 
 def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
