@@ -17,6 +17,7 @@ from .errors import (
     BadRequestError,
     BudgetExceededError,
     ClientClosedError,
+    InsufficientCreditError,
     InsufficientPlanError,
     InvalidInputError,
     MalformedResponseError,
@@ -43,6 +44,7 @@ from .models import (
     TaskOutput,
     TaskStatus,
     TaskUsage,
+    Usage,
     WebhookConfig,
 )
 from .polling import PollPolicy
@@ -59,6 +61,7 @@ __all__ = [
     "ClientClosedError",
     "FaceSwap",
     "Image",
+    "InsufficientCreditError",
     "InsufficientPlanError",
     "InvalidInputError",
     "Job",
@@ -90,6 +93,7 @@ __all__ = [
     "TaskUsage",
     "Timeouts",
     "TransportError",
+    "Usage",
     "Video",
     "VideoFaceSwap",
     "WaitTimeoutError",

@@ -2,7 +2,8 @@
 
 Variants accepted (see piapi-api.md): status in any case (unknown kept), `logs` null or list,
 `meta` `{}` or full, `output` null, `error` absent/empty/partial, unknown fields ignored,
-ISO-8601 timestamps with or without `Z`/fractions (unparseable ones become None).
+ISO-8601 timestamps with or without `Z`/fractions/offsets (unparseable ones, and Go's zero time
+`0001-01-01T00:00:00Z` that means "not yet", become None), `meta.usage` in the service's units.
 Anything else that does not fit raises `MalformedResponseError`, never a bare cattrs error.
 """
 
@@ -25,7 +26,7 @@ from .models import (
     TaskMeta,
     TaskOutput,
     TaskStatus,
-    TaskUsage,
+    Usage,
     WebhookConfig,
 )
 
@@ -42,6 +43,8 @@ def _parse_datetime(value: Any, _: Any = None) -> dt.datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:  # the epoch itself means "not set", like Go's zero time
+            return None
         try:
             return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
         except (OverflowError, OSError, ValueError):
@@ -54,6 +57,8 @@ def _parse_datetime(value: Any, _: Any = None) -> dt.datetime | None:
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
+        return None
+    if parsed.year <= 1:  # Go's zero time: not started / not ended yet
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
@@ -134,7 +139,6 @@ def _structure_logs(value: Any, _: Any) -> tuple[Any, ...]:
 
 
 _structure_meta_fields = make_dict_structure_fn(TaskMeta, converter)
-_structure_usage_fields = make_dict_structure_fn(TaskUsage, converter)
 
 
 def _structure_meta(value: Any, _: Any) -> TaskMeta:
@@ -154,8 +158,21 @@ def _structure_meta(value: Any, _: Any) -> TaskMeta:
         )
 
 
-def _structure_usage(value: Any, _: Any) -> TaskUsage:
-    return _structure_usage_fields(dict(_as_mapping(value, "usage")), TaskUsage)
+def _amount(value: Any) -> float | None:
+    """A usage amount: an int stays an int (points come in the millions); missing or junk is None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return value
+
+
+def _structure_usage(value: Any, _: Any) -> Usage:
+    data = _as_mapping(value, "usage")
+    unit = data.get("type")
+    return Usage(
+        type=unit if isinstance(unit, str) else "",
+        frozen=_amount(data.get("frozen")),
+        consume=_amount(data.get("consume")),
+    )
 
 
 def _structure_task_id(value: Any) -> str:
@@ -184,13 +201,24 @@ def _structure_task(value: Any, _: Any) -> Task:
 
 def _structure_account(value: Any, _: Any) -> AccountInfo:
     data = _as_mapping(value, "account info")
-    known = {"equivalent_in_usd", "id", "name", "plan", "is_enable", "max_concurrent_task_count"}
+    known = {
+        "equivalent_in_usd",
+        "id",
+        "name",
+        "plan",
+        "is_enable",
+        "max_concurrent_task_count",
+        "max_image_toolkit_concurrency",
+    }
 
     def num(key: str) -> float | None:
         v = data.get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    count = data.get("max_concurrent_task_count")
+    def count_of(key: str) -> int | None:
+        v = data.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
     ident = data.get("id", data.get("account_id"))
     name = data.get("name", data.get("account_name"))
     enabled = data.get("is_enable")
@@ -200,14 +228,15 @@ def _structure_account(value: Any, _: Any) -> AccountInfo:
         name=name if isinstance(name, str) else None,
         plan=data["plan"] if isinstance(data.get("plan"), str) else None,
         is_enable=enabled if isinstance(enabled, bool) else None,
-        max_concurrent_task_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        max_concurrent_task_count=count_of("max_concurrent_task_count"),
+        max_image_toolkit_concurrency=count_of("max_image_toolkit_concurrency"),
         extra={k: v for k, v in data.items() if k not in known},
     )
 
 
 converter.register_structure_hook(TaskStatus, _structure_status)
 converter.register_structure_hook(dt.datetime, _parse_datetime)
-converter.register_structure_hook(TaskUsage, _structure_usage)
+converter.register_structure_hook(Usage, _structure_usage)
 converter.register_structure_hook(TaskMeta, _structure_meta)
 converter.register_structure_hook(TaskConfig, _structure_config)
 converter.register_structure_hook(Task, _structure_task)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from .errors import ClientClosedError, InvalidInputError, QubicoError
+from .errors import ClientClosedError, QubicoError
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x51424A4C  # "QBJL": marks the file as a qubico_async journal
@@ -58,7 +58,8 @@ _SCHEMA: Final = (
 
 
 class JournalError(QubicoError):
-    """The journal could not be read or written (disk full, I/O error, writer stopped).
+    """The journal could not be opened (in use by another run, not a journal, corrupt, unreadable
+    folder), read or written (disk full, I/O error, writer stopped).
 
     Treat the call as not done. (After an I/O error during a commit SQLite may still find the
     write on the next open; for `record_intent` that errs on the safe side: the job shows up as
@@ -277,7 +278,7 @@ class _Writer:
         return error
 
     def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection | None]:
-        """Open, validate, lock and (if new) initialise the journal; InvalidInputError if unusable.
+        """Open, validate, lock and (if new) initialise the journal; JournalError if unusable.
 
         Returns the connection and the run lock (None in memory); both stay open until close.
         """
@@ -300,7 +301,7 @@ class _Writer:
                 run_lock = _acquire_run_lock(path + "-lock")
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
-                    raise InvalidInputError(f"journal {path!r}: cannot use WAL mode (got {mode!r})")
+                    raise JournalError(f"journal {path!r}: cannot use WAL mode (got {mode!r})")
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if new:
                 conn.execute("BEGIN IMMEDIATE")
@@ -314,10 +315,10 @@ class _Writer:
             for c in (conn, run_lock):
                 if c is not None:
                     c.close()
-            if isinstance(exc, InvalidInputError):
+            if isinstance(exc, JournalError):
                 raise
             if isinstance(exc, sqlite3.Error | OSError):
-                raise InvalidInputError(_open_error_message(path, exc)) from exc
+                raise JournalError(_open_error_message(path, exc)) from exc
             raise
 
 
@@ -350,20 +351,20 @@ def _acquire_run_lock(lock_path: str) -> sqlite3.Connection:
 def _validate(path: str, app_id: int, version: int, tables: set[str], conn: sqlite3.Connection) -> None:
     """Refuse files that are not (intact) journals of a version this code understands."""
     if app_id != APPLICATION_ID:
-        raise InvalidInputError(f"{path!r} is an SQLite database but not a qubico_async journal")
+        raise JournalError(f"{path!r} is an SQLite database but not a qubico_async journal")
     if version > SCHEMA_VERSION:
-        raise InvalidInputError(
+        raise JournalError(
             f"journal {path!r} was written by a newer qubico_async (schema {version},"
             f" this version reads up to {SCHEMA_VERSION}): upgrade qubico_async"
         )
     if version < 1 or not {"jobs", "meta"} <= tables:
-        raise InvalidInputError(f"journal {path!r} is incomplete (schema {version}, tables {sorted(tables)})")
+        raise JournalError(f"journal {path!r} is incomplete (schema {version}, tables {sorted(tables)})")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     if not set(_JOB_COLUMNS) <= columns:
-        raise InvalidInputError(f"journal {path!r} has an unexpected jobs table: {sorted(columns)}")
+        raise JournalError(f"journal {path!r} has an unexpected jobs table: {sorted(columns)}")
     problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
-        raise InvalidInputError(f"journal {path!r} is corrupt: {'; '.join(map(str, problems[:3]))}")
+        raise JournalError(f"journal {path!r} is corrupt: {'; '.join(map(str, problems[:3]))}")
 
 
 def _open_error_message(path: str, exc: BaseException) -> str:

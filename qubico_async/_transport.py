@@ -15,13 +15,14 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 import anyio
 from attrs import field, frozen, validators
 
 from ._rate import RateController
+from ._redaction import redact_tree
 from ._version import __version__
 from .errors import (
     APIError,
@@ -52,8 +53,9 @@ logger = logging.getLogger("qubico_async")
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """API responses are small JSON; anything bigger is a broken or hostile server."""
 
-_ERROR_BODY_BYTES = 64 * 1024
-"""Of an error response only the start is read: its message is cut to a few hundred characters anyway."""
+_ERROR_BODY_BYTES = 1024 * 1024
+"""Of an error response only the start is read: enough for a task the service sends with an error
+status (it is that task), while its message is cut to a few hundred characters anyway."""
 
 _MAX_SECRETS = 64
 """Webhook secrets remembered per client for redaction (an app normally uses one)."""
@@ -88,13 +90,23 @@ class Secret:
     __str__ = __repr__
 
 
+def _positive_or_none(_: object, attribute: Any, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
 @frozen
 class Timeouts:
-    """Per-request timeouts in seconds. `read` is the longest silence while waiting for bytes."""
+    """Per-request timeouts in seconds: `connect`, `read` (the longest silence while waiting for
+    bytes) and `total` (the whole request, body upload and answer included; None: no limit).
+
+    The default `total` of 120 s bounds a server that answers a byte at a time; a create cut by
+    it is reported uncertain (it may have made a task), never resent unasked.
+    """
 
     connect: float = field(default=10.0, validator=validators.gt(0))
     read: float = field(default=60.0, validator=validators.gt(0))
-    total: float | None = field(default=None, validator=validators.optional(validators.gt(0)))
+    total: float | None = field(default=120.0, validator=_positive_or_none)
 
     def to_aiohttp(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.total, sock_connect=self.connect, sock_read=self.read)
@@ -324,8 +336,20 @@ class Transport:
         elapsed = (time.monotonic() - started) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, _path(url), status, elapsed)
         if not 200 <= status < 300:
-            raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
-        return _decode_envelope(raw, reason, headers, method, _path(url), self._redact)
+            carried = _task_envelope(raw)
+            if carried is None:
+                raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
+            _warn_task_with_error(method, _path(url), f"HTTP {status}", carried, self._redact)
+            return self._redact_tree(carried)
+        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact))
+
+    def _redact_tree(self, value: dict[str, Any]) -> dict[str, Any]:
+        """`value` with the API key and webhook secrets replaced in every string value the server sent."""
+        key = self._api_key.reveal() if self._api_key is not None else ""
+        try:
+            return cast(dict[str, Any], redact_tree(value, (key, *self._secrets)))
+        except RecursionError:
+            raise MalformedResponseError("response nested too deeply") from None
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
@@ -357,9 +381,46 @@ def _decode_envelope(
         raise MalformedResponseError(f"{method} {path}: response is not a JSON object")
     code = parsed.get("code")
     if isinstance(code, int) and not isinstance(code, bool) and code not in (0, 200) and 400 <= code < 600:
-        # A 2xx carrying an error envelope: trust the envelope.
+        if _carries_task(parsed):  # e.g. a create refused for credit: the task exists, failed
+            _warn_task_with_error(method, path, f"envelope code {code}", parsed, redact)
+            return parsed
+        # A 2xx carrying an error envelope without a task: trust the envelope.
         raise _error_for_status(code, raw, reason, headers, method, path, redact)
     return parsed
+
+
+def _carries_task(envelope: Mapping[str, Any]) -> bool:
+    """Does the envelope's `data` hold a task (a `task_id`)? Then it IS that task, whatever the code."""
+    data = envelope.get("data")
+    if not isinstance(data, Mapping):
+        return False
+    task_id = data.get("task_id")
+    return isinstance(task_id, (str, int)) and not isinstance(task_id, bool) and task_id != ""
+
+
+def _task_envelope(raw: bytes) -> dict[str, Any] | None:
+    """The envelope of an error-status answer when it carries a task, else None."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) and _carries_task(parsed) else None
+
+
+def _warn_task_with_error(
+    method: str, path: str, what: str, envelope: Mapping[str, Any], redact: Callable[[str], str]
+) -> None:
+    data = envelope["data"]
+    logger.warning(
+        "%s %s answered %s with task %s (status %r): taking it as that task",
+        method,
+        path,
+        what,
+        redact(str(data.get("task_id")))[:64],
+        redact(str(data.get("status")))[:32],
+    )
 
 
 def _origin(url: str) -> str:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from attrs import field, frozen, validators
 
-from .models import Task
+from .models import Task, Usage
 from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, VideoFaceSwap, coerce_request
 
 __all__ = ["BatchReport", "Job", "Outcome", "OutcomeStatus", "Prices", "Progress"]
@@ -45,6 +45,9 @@ class Outcome:
     error: BaseException | None = field(default=None, eq=False)
     reason: str = ""
     spend_usd: float = 0.0
+    """Dollars counted against the budget for this job (from `Prices`)."""
+    usage: Usage | None = None
+    """What the service reported it charged, in its own units (`task.meta.usage`)."""
     queued_at: float = 0.0
     submitted_at: float | None = None
     finished_at: float = 0.0
@@ -56,19 +59,30 @@ class Outcome:
         return self.status == "succeeded"
 
 
+def _rates(value: Mapping[str, float]) -> Mapping[str, float]:
+    rates = dict(value)
+    for unit, rate in rates.items():
+        if not isinstance(unit, str) or isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
+            raise ValueError(f"usd_per_unit must map unit names to rates >= 0, got {unit!r}: {rate!r}")
+    return rates
+
+
 @frozen
 class Prices:
-    """USD per task kind, for the budget. `meta.usage.consume` wins once a task reports it.
+    """USD per task kind: what the budget counts. The service's usage is never read as money...
 
-    The single face-swap and per-frame video prices are not published: override them if your
-    invoice says otherwise. `consume_to_usd` converts the service's `consume` figure to USD.
+    ...unless you give a rate for its unit: `usd_per_unit={"point": 5e-9}` turns a task's reported
+    `meta.usage.consume` (in points) into dollars. The service publishes no such rate, so the
+    default is none: a task costs its price-table figure, or $0 when its usage shows nothing was
+    charged (`consume == 0` and `frozen == 0`). The single face-swap and per-frame video prices
+    are not published either: override them if your invoice says otherwise.
     """
 
     face_swap: float = 0.01
     multi_face_swap: float = 0.015
     video_per_frame: float = 0.002
     max_video_frames: int = 600
-    consume_to_usd: float = 1.0
+    usd_per_unit: Mapping[str, float] = field(factory=dict, converter=_rates)
 
     def estimate(self, request: Request, frames: int | None = None) -> float:
         """The most this request can cost (video: per frame, 600 frames when the count is unknown)."""
@@ -84,10 +98,19 @@ class Prices:
         return self.multi_face_swap if request.task_type == "multi-face-swap" else self.face_swap
 
     def actual(self, task: Task, estimate: float) -> float:
-        """What a finished task cost: the reported consumption, else the estimate."""
+        """What a finished task cost in USD: its estimate, unless its usage says otherwise.
+
+        Usage showing nothing charged costs $0; usage in a unit with a rate in `usd_per_unit`
+        costs `consume * rate`. Any other usage (in units without a known rate) is not money.
+        """
         usage = task.meta.usage
-        if usage is not None and usage.consume is not None and usage.consume >= 0:
-            return usage.consume * self.consume_to_usd
+        if usage is None:
+            return estimate
+        if usage.charged_nothing:
+            return 0.0
+        rate = self.usd_per_unit.get(usage.type)
+        if rate is not None and usage.consume is not None and usage.consume >= 0:
+            return float(usage.consume) * rate
         return estimate
 
 
@@ -124,9 +147,12 @@ class BatchReport:
 
     counts: Mapping[str, int]
     spend_usd: float
+    """Dollars counted by the budget (from `Prices`), this run and, with a journal, earlier ones."""
     requests: Mapping[str, int]
     wall_time: float
     stopped_reason: str | None = None
+    usage: Mapping[str, float] = field(factory=dict)
+    """Service units consumed by this run's finished tasks, per unit type (e.g. `{"point": 4000000}`)."""
 
     @property
     def total(self) -> int:

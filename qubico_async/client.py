@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -26,6 +27,7 @@ from ._uploads import UploadPolicy, content_digest
 from .batch import Prices, Progress
 from .errors import (
     ClientClosedError,
+    InsufficientCreditError,
     InvalidInputError,
     MalformedResponseError,
     MissingApiKeyError,
@@ -90,7 +92,10 @@ class QubicoClient:
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
-        timeouts = timeout if isinstance(timeout, Timeouts) else Timeouts(read=timeout or 60.0)
+        if isinstance(timeout, Timeouts):
+            timeouts = timeout
+        else:
+            timeouts = Timeouts(read=timeout or 60.0, total=max(120.0, 2 * (timeout or 60.0)))
         self._transport = Transport(api_key=self._api_key, retry=self.retry, timeouts=timeouts)
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
@@ -199,7 +204,7 @@ class QubicoClient:
             resubmit_uncertain=resubmit_uncertain,
         )
         try:
-            return structure_task(_data(envelope, "create task"))
+            task = structure_task(_data(envelope, "create task"))
         except MalformedResponseError as exc:
             # The service said yes but we cannot read the task: it probably exists and is paid for.
             raise SubmissionUncertainError(
@@ -209,6 +214,9 @@ class QubicoClient:
                 request=prepared.request,
                 cause=exc,
             ) from exc
+        if task.status.is_terminal and not task.status.is_success:  # failed at birth: never resent
+            raise InsufficientCreditError(task) if _is_credit_refusal(task) else TaskFailedError(task)
+        return task
 
     async def get_task(self, task_id: str) -> Task:
         """The task's current state (one GET, retried on transient failures)."""
@@ -454,6 +462,15 @@ def _data(envelope: dict[str, Any], what: str) -> Any:
     if data is None:
         raise MalformedResponseError(f"{what}: response has no data ({str(envelope.get('message'))[:200]!r})")
     return data
+
+
+_CREDIT_CAUSE = re.compile(r"credit|quota|balance", re.IGNORECASE)
+
+
+def _is_credit_refusal(task: Task) -> bool:
+    """A task failed at birth because the account cannot pay for it (piapi-api.md §18)."""
+    err = task.error
+    return err is not None and bool(_CREDIT_CAUSE.search(f"{err.message} {err.raw_message}"))
 
 
 def _result_url(task: Task | str) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "ClientClosedError",
+    "InsufficientCreditError",
     "InsufficientPlanError",
     "InvalidInputError",
     "MalformedResponseError",
@@ -155,14 +156,29 @@ class SubmissionUncertainError(QubicoError):
 
 
 class TaskFailedError(QubicoError):
-    """The task reached a terminal status other than completed. `task` is the final `Task`."""
+    """The task reached a terminal status other than completed. `task` is the final `Task`.
+
+    The message carries the service's `error.message` and `error.raw_message` (the actionable cause).
+    """
 
     def __init__(self, task: Task) -> None:
-        err = task.error
-        detail = err.message or err.raw_message if err is not None else ""
+        detail = task.error.summary if task.error is not None else ""
         msg = f"task {task.task_id} {task.status.value}"
         super().__init__(f"{msg}: {detail}" if detail else msg)
         self.task = task
+
+    @property
+    def raw_message(self) -> str:
+        """The service's own account of the cause (`error.raw_message`), or ""."""
+        return self.task.error.raw_message if self.task.error is not None else ""
+
+
+class InsufficientCreditError(TaskFailedError):
+    """The service refused the create for lack of credit or quota: top up the account.
+
+    An account error: a batch stops submitting and the remaining jobs come out `skipped`. `task`
+    is the refused task (it exists, failed at birth); `raw_message` is the service's cause.
+    """
 
 
 class WaitTimeoutError(QubicoError, TimeoutError):

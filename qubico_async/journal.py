@@ -32,7 +32,7 @@ Design:
   never corrupts the file.
 - One run at a time: an open file journal holds an exclusive lock on `<path>-lock` (a tiny
   SQLite file left in place), so a second run (or a second `Journal` in this process) cannot
-  use it concurrently and submit the same jobs twice; opening it raises `InvalidInputError`.
+  use it concurrently and submit the same jobs twice; opening it raises `JournalError`.
   Other processes can still *read* the journal while it is in use (WAL readers see every
   acknowledged write), e.g. `sqlite3.connect("file:run.sqlite?mode=ro", uri=True)`. New
   journal files are created with mode 0600 (results may hold signed URLs).
@@ -118,7 +118,7 @@ class Journal:
 
         An in-memory journal behaves the same but is lost at `aclose()`. `synchronous="NORMAL"`
         trades power-loss durability for fewer fsyncs (see the module docstring). Raises
-        `InvalidInputError` if the file is not a journal, is corrupt, was written by a newer
+        `JournalError` if the file is not a journal, is corrupt, was written by a newer
         version, cannot be opened, or is in use by another process.
         """
         if synchronous not in ("FULL", "NORMAL"):
@@ -208,7 +208,11 @@ class Journal:
         return await self._call(op)
 
     async def total_spend(self) -> float:
-        """Sum of `spend_usd` over all jobs (correctly rounded)."""
+        """Sum of `spend_usd` over all jobs (correctly rounded): what the budget has committed.
+
+        A finished job counts what it cost; a job not finished (maybe created, or polled later)
+        counts the reservation it was submitted with.
+        """
 
         def op(conn: sqlite3.Connection, now: float) -> float:
             rows = conn.execute("SELECT spend_usd FROM jobs WHERE spend_usd != 0")
@@ -238,22 +242,27 @@ class Journal:
 
         await self._call(op)
 
-    async def record_intent(self, key: str, fingerprint: str) -> None:
+    async def record_intent(self, key: str, fingerprint: str, reserve_usd: float = 0.0) -> None:
         """Record that `key` is about to be submitted; durable when this returns.
 
-        A new key gets an `intent` row. An `intent`/`uncertain` row keeps its state and takes the
-        new fingerprint. A `submitted`/`finished` row is never downgraded: the call does nothing
-        (check the state first; see `get`).
+        A new key gets an `intent` row holding `reserve_usd` as its spend until it finishes (so
+        the budget of a rerun counts it). An `intent`/`uncertain` row keeps its state and takes
+        the new fingerprint. A `submitted`/`finished` row is never downgraded: the call does
+        nothing (check the state first; see `get`).
         """
+        reserve = float(reserve_usd)
+        if not math.isfinite(reserve) or reserve < 0:
+            raise ValueError(f"record_intent({key!r}): reserve_usd must be finite and >= 0, not {reserve_usd!r}")
 
         def op(conn: sqlite3.Connection, now: float) -> None:
             conn.execute(
-                "INSERT INTO jobs (key, state, fingerprint, created_at, updated_at)"
-                " VALUES (?, 'intent', ?, ?, ?)"
+                "INSERT INTO jobs (key, state, fingerprint, spend_usd, created_at, updated_at)"
+                " VALUES (?, 'intent', ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET"
-                " fingerprint = excluded.fingerprint, updated_at = excluded.updated_at"
+                " fingerprint = excluded.fingerprint, updated_at = excluded.updated_at,"
+                " spend_usd = MAX(jobs.spend_usd, excluded.spend_usd)"
                 " WHERE jobs.state IN ('intent', 'uncertain')",
-                (key, fingerprint, now, now),
+                (key, fingerprint, reserve, now, now),
             )
 
         await self._call(op)

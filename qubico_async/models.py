@@ -18,6 +18,7 @@ __all__ = [
     "TaskOutput",
     "TaskStatus",
     "TaskUsage",
+    "Usage",
     "WebhookConfig",
 ]
 
@@ -83,10 +84,26 @@ class TaskConfig:
 
 
 @frozen
-class TaskUsage:
-    type: str | None = None
+class Usage:
+    """`meta.usage` as the service reports it, in the service's own units (never USD).
+
+    `type` names the unit (`"point"`, `"quota"`, `"llm"`, ... or `""`); `frozen` is the amount
+    held while the task runs and `consume` the amount charged. The rate of a unit to USD is not
+    published: `Prices(usd_per_unit=...)` is the only place a unit becomes money.
+    """
+
+    type: str = ""
     frozen: float | None = None
     consume: float | None = None
+
+    @property
+    def charged_nothing(self) -> bool:
+        """True when the usage proves nothing was charged: `consume == 0` and `frozen == 0`."""
+        return self.consume == 0 and self.frozen == 0
+
+
+TaskUsage = Usage
+"""Deprecated alias of `Usage` (its old name)."""
 
 
 @frozen
@@ -94,7 +111,7 @@ class TaskMeta:
     created_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
-    usage: TaskUsage | None = None
+    usage: Usage | None = None
     is_using_private_pool: bool | None = None
 
 
@@ -106,6 +123,14 @@ class TaskError:
     message: str = ""
     raw_message: str = ""
     detail: Any = None
+
+    @property
+    def summary(self) -> str:
+        """`message: raw_message`: the generic message and the cause a user can act on."""
+        parts = [part for part in (self.message.strip(), self.raw_message.strip()) if part]
+        if len(parts) == 2 and parts[1].startswith(parts[0]):
+            parts = parts[1:]
+        return ": ".join(dict.fromkeys(parts)) or (f"error code {self.code}" if self.code else "")
 
 
 @frozen
@@ -157,4 +182,6 @@ class AccountInfo:
     plan: str | None = None
     is_enable: bool | None = None
     max_concurrent_task_count: int | None = None
+    max_image_toolkit_concurrency: int | None = None
+    """Face-swap (image toolkit) concurrency, when the account reports it: wins for image batches."""
     extra: Mapping[str, Any] = field(factory=dict, repr=False)

@@ -45,9 +45,11 @@ class PollPolicy:
         """A random factor in `[1 - jitter, 1 + jitter]`, so waiters do not poll in lockstep."""
         return 1.0 + self.jitter * (2.0 * rng.random() - 1.0)
 
-    def timeout_for(self, task: Task | None) -> float | None:
-        """The default deadline for waiting on `task`: `video_timeout` for video tasks."""
-        return self.video_timeout if task is not None and task.model == VIDEO_MODEL else self.timeout
+    def timeout_for(self, task: Task | None, *, model: str | None = None) -> float | None:
+        """The default deadline for waiting on `task` (or a task of `model`): `video_timeout` for video."""
+        if task is not None:
+            model = task.model or model
+        return self.video_timeout if model == VIDEO_MODEL else self.timeout
 
     def intervals(self, rng: random.Random | None = None) -> Iterator[float]:
         """The waits between consecutive polls, forever."""

@@ -3,8 +3,14 @@
 The rules, in one place:
 - reads (GET) retry transport errors, 408, 429 and 5xx;
 - the paid create (POST /api/v1/task) retries only when no task can have been created:
-  a connection that failed before the request was sent, 429, or 503;
-- 400, 401, 403 and 404 are never retried.
+  a connection that failed before the request was sent, 429, or 503 (without a task in the body:
+  an answer that carries a task is that task, whatever its status);
+- a create that was sent is *uncertain* (it may have made a paid task, so it is never resent
+  unasked) unless its answer proves nothing was made: 429/503 as above, or one of the statuses
+  the service sends only for a request it refused outright: 400 (invalid input), 401 (no or bad
+  key), 402 (payment required) and 403 (not allowed for this account/plan). Anything else (a
+  404 or 409 from a proxy, 307, 408, 5xx, a cut connection, an unreadable 2xx) is uncertain;
+- reads retry nothing else: 400, 401, 403 and 404 are final.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from collections.abc import Mapping
 
 from attrs import field, frozen, validators
 
-from .errors import APIError, RateLimitError, ServerError, TransportError
+from .errors import APIError, RateLimitError, TransportError
 
 __all__ = ["RetryPolicy", "parse_retry_after"]
 
 _RNG = random.Random()
 _RETRYABLE_READ_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _RETRYABLE_CREATE_STATUSES = frozenset({429, 503})
+_REFUSED_CREATE_STATUSES = frozenset({400, 401, 402, 403})
+"""Statuses the service sends only when it refused the create: no task was made."""
 
 
 @frozen
@@ -78,7 +86,9 @@ def is_uncertain_create(exc: BaseException) -> bool:
     """Could the create that failed with `exc` have created a task anyway?"""
     if isinstance(exc, TransportError):
         return exc.sent
-    return isinstance(exc, ServerError) and exc.status not in _RETRYABLE_CREATE_STATUSES
+    if isinstance(exc, APIError):
+        return exc.status not in _RETRYABLE_CREATE_STATUSES and exc.status not in _REFUSED_CREATE_STATUSES
+    return False
 
 
 def retry_after_of(exc: BaseException) -> float | None:

@@ -24,12 +24,13 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
 
 from ._convert import structure_task
+from ._redaction import redact_tree
 from ._webhook_hub import TaskRouter, TaskSubscription, wait_first
 from .errors import MalformedResponseError, WebhookVerificationError
 from .models import Task
@@ -124,10 +125,17 @@ def _timestamp(value: object) -> int:
     return number
 
 
-def parse(body: bytes | bytearray | str | Mapping[str, Any], *, max_bytes: int = MAX_BODY_BYTES) -> WebhookEvent:
+def parse(
+    body: bytes | bytearray | str | Mapping[str, Any],
+    *,
+    max_bytes: int = MAX_BODY_BYTES,
+    redact: Sequence[str] = (),
+) -> WebhookEvent:
     """A `WebhookEvent` from a delivery body (raw JSON or already decoded), or `MalformedWebhookError`.
 
     `data` accepts every task variant the client accepts (any status case, null logs/output, `{}` meta).
+    Each secret in `redact` (e.g. the webhook secret the service echoes in `config`) is replaced in
+    every string of the task.
     """
     if isinstance(body, Mapping):
         doc: object = body
@@ -154,7 +162,9 @@ def parse(body: bytes | bytearray | str | Mapping[str, Any], *, max_bytes: int =
         raise MalformedWebhookError("webhook body has no `data`")
     timestamp = _timestamp(doc["timestamp"])
     try:
-        task = structure_task(doc["data"])
+        task = structure_task(redact_tree(doc["data"], redact))
+    except RecursionError:
+        raise MalformedWebhookError("webhook body is nested too deeply") from None
     except MalformedResponseError as exc:
         raise MalformedWebhookError(f"webhook `data` is not a task: {exc}") from None
     return WebhookEvent(timestamp=timestamp, task=task)
@@ -210,7 +220,7 @@ class WebhookHub(TaskRouter):
         Raises `WebhookVerificationError` (answer 401) or `MalformedWebhookError` (answer 400).
         """
         verify(headers, self._secret)
-        event = parse(body)
+        event = parse(body, redact=(self._secret,))
         if self._dedupe.seen(event):
             return None
         self.resolve(event.task)

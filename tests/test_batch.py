@@ -330,9 +330,9 @@ def png(i, size=64):
 from qubico_async.journal import Journal
 _intent, _submitted, _discard = Journal.record_intent, Journal.record_submitted, Journal.discard
 
-async def record_intent(self, key, fingerprint):
+async def record_intent(self, key, fingerprint, *args):
     print("BEGIN", key, flush=True)
-    await _intent(self, key, fingerprint)
+    await _intent(self, key, fingerprint, *args)
 
 async def record_submitted(self, key, task_id):
     await _submitted(self, key, task_id)

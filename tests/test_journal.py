@@ -355,7 +355,7 @@ async def test_file_holds_exactly_what_was_written(tmp_path: Path, monkeypatch: 
 async def test_garbage_file_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_bytes(b"this is not a database\n" * 200)
-    with pytest.raises(InvalidInputError, match=r"notes\.txt"):
+    with pytest.raises(JournalError, match=r"notes\.txt"):
         await Journal.open(path)
     assert path.read_bytes() == b"this is not a database\n" * 200  # untouched
     assert os.listdir(tmp_path) == ["notes.txt"]  # and no lock file left beside it
@@ -368,7 +368,7 @@ async def test_foreign_sqlite_database_is_rejected_untouched(tmp_path: Path) -> 
     conn.commit()
     conn.close()
     before = path.read_bytes()
-    with pytest.raises(InvalidInputError, match="not a qubico_async journal"):
+    with pytest.raises(JournalError, match="not a qubico_async journal"):
         await Journal.open(path)
     assert path.read_bytes() == before
 
@@ -382,12 +382,12 @@ async def test_corrupt_journal_is_rejected(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 512] = b"\xff" * 512
     path.write_bytes(bytes(data))
-    with pytest.raises(InvalidInputError, match="corrupt"):
+    with pytest.raises(JournalError, match="corrupt"):
         await Journal.open(path)
 
     truncated = tmp_path / "truncated.sqlite"
     truncated.write_bytes(bytes(data[: len(data) // 3]))
-    with pytest.raises(InvalidInputError, match=r"truncated\.sqlite"):
+    with pytest.raises(JournalError, match=r"truncated\.sqlite"):
         await Journal.open(truncated)
     assert _writer_threads() == []
 
@@ -399,14 +399,14 @@ async def test_newer_journal_version_is_rejected(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 2")
     conn.close()
-    with pytest.raises(InvalidInputError, match="newer qubico_async"):
+    with pytest.raises(JournalError, match="newer qubico_async"):
         await Journal.open(path)
 
 
 async def test_unopenable_paths_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="no-such-dir"):
+    with pytest.raises(JournalError, match="no-such-dir"):
         await Journal.open(tmp_path / "no-such-dir" / "run.sqlite")
-    with pytest.raises(InvalidInputError, match="cannot open journal"):
+    with pytest.raises(JournalError, match="cannot open journal"):
         await Journal.open(tmp_path)  # a directory
     with pytest.raises(InvalidInputError, match="must not be empty"):
         await Journal.open("")
@@ -418,7 +418,7 @@ async def test_a_journal_in_use_cannot_be_opened_twice(tmp_path: Path) -> None:
     path = tmp_path / "run.sqlite"
     async with await Journal.open(path) as first:
         await first.record_intent("k", "fp")
-        with pytest.raises(InvalidInputError, match="in use"):
+        with pytest.raises(JournalError, match="in use"):
             await Journal.open(path)
         await first.record_submitted("k", "t")  # the first one is unaffected
     async with await Journal.open(path) as again:
