@@ -248,6 +248,12 @@ class QubicoClient:
         if via not in ("poll", "webhook"):
             raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
         policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
+        if last is None and timeout is None and via == "poll":
+            last = await self.get_task(task_id)  # the first poll, early: a video gets the video deadline
+            if last.status.is_terminal:
+                if self.webhooks is not None:
+                    self.webhooks.resolve(last)
+                return last
         if timeout is None:
             timeout = (poll if poll is not None else self.poll).timeout_for(last)
         if via == "webhook":

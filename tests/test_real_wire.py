@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from qubico_async import (
     PollPolicy,
     Prices,
     QubicoClient,
+    RawTask,
     RetryPolicy,
     TaskFailedError,
     TaskStatus,
@@ -204,3 +206,49 @@ async def test_image_toolkit_concurrency_is_the_default_for_face_swaps(service: 
             outcomes = [o async for o in client.swap_many([swap(i) for i in range(12)])]
     assert [o.status for o in outcomes].count("succeeded") == 12
     assert most == 5
+
+
+def video_task(task_id: str, status: str) -> dict[str, object]:
+    task = real_task(task_id, status)
+    task["model"], task["task_type"] = "Qubico/video-toolkit", "face-swap"
+    if status == "completed":
+        task["output"] = {"video_url": f"http://127.0.0.1:9/{task_id}.mp4"}
+    return task
+
+
+VIDEO = RawTask(model="Qubico/video-toolkit", task_type="face-swap", input={"target_video": TARGET, "swap_image": FACE})
+IMAGE_DEADLINE_GONE = PollPolicy(initial=0, factor=1, max_interval=0, jitter=0, timeout=1e-6, video_timeout=30)
+"""A poll policy whose image deadline is over at once: only the video deadline lets a video wait."""
+
+
+async def test_a_bare_task_id_of_a_video_gets_the_video_deadline(service: ScriptedService) -> None:
+    service.on_create = lambda svc, payload: (200, envelope(video_task(svc.new_id(), "pending")))
+    service.on_get = lambda svc, task_id, poll: (
+        200,
+        envelope(video_task(task_id, "completed" if poll > 3 else "processing")),
+    )
+    async with QubicoClient(api_key="k" * 12, base_url=service.base_url, poll=IMAGE_DEADLINE_GONE) as client:
+        created = await client.submit(VIDEO)
+        done = await client.wait(created.task_id)  # a bare id: the kind is learned from the first poll
+    assert done.status is TaskStatus.COMPLETED
+    assert service.gets == 4
+
+
+async def test_a_video_job_resumed_from_the_journal_gets_the_video_deadline(
+    service: ScriptedService, tmp_path: Path
+) -> None:
+    journal = tmp_path / "run.sqlite"
+    service.on_create = lambda svc, payload: (200, envelope(video_task(svc.new_id(), "pending")))
+    service.on_get = lambda svc, task_id, poll: (200, envelope(video_task(task_id, "processing")))
+    stuck = PollPolicy.instant(timeout=0.01)
+    async with QubicoClient(api_key="k" * 12, base_url=service.base_url, poll=stuck) as client:
+        first = [o async for o in client.swap_many([VIDEO], journal=journal, concurrency=1)]
+    assert first[0].status == "failed" and "not finished" in first[0].reason  # left submitted in the journal
+    service.on_get = lambda svc, task_id, poll: (
+        200,
+        envelope(video_task(task_id, "completed" if poll > 5 else "processing")),
+    )
+    async with QubicoClient(api_key="k" * 12, base_url=service.base_url, poll=IMAGE_DEADLINE_GONE) as client:
+        resumed = [o async for o in client.swap_many([VIDEO], journal=journal, concurrency=1)]
+    assert resumed[0].status == "succeeded", resumed[0].reason
+    assert service.creates == 1  # polled, never created again
