@@ -61,6 +61,8 @@ class QubicoClient:
         async with QubicoClient() as client:
             task = await client.face_swap("target.jpg", "face.png")
 
+    `base_url` and `upload_url` default to `QUBICO_BASE_URL` / `QUBICO_UPLOAD_URL` when set (an
+    explicit argument wins), else the real service.
     The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
     is reported at the first request. Inside `async with`, the client owns an
     `aiohttp.ClientSession` limited to `max_connections`. A `session` you pass in is borrowed:
@@ -71,7 +73,7 @@ class QubicoClient:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         upload_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -84,6 +86,10 @@ class QubicoClient:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
         key = api_key if api_key is not None else next(filter(None, map(os.environ.get, _ENV_KEYS)), None)
         self._api_key = Secret(key) if key else None
+        if base_url is None:
+            base_url = os.environ.get("QUBICO_BASE_URL") or DEFAULT_BASE_URL
+        if upload_url is None:
+            upload_url = os.environ.get("QUBICO_UPLOAD_URL") or None
         self.base_url = _check_base_url(base_url, "base_url")
         if upload_url is None and self.base_url == DEFAULT_BASE_URL:
             upload_url = DEFAULT_UPLOAD_URL

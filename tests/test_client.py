@@ -312,3 +312,16 @@ async def test_retry_policy_instant_is_used_for_gets(emu: Emulator) -> None:
         with pytest.raises(NotFoundError):
             await c.get_task("no-such-task")
     assert emu.stats.gets == 3
+
+
+async def test_base_and_upload_url_come_from_the_environment(
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUBICO_BASE_URL", emu.base_url)
+    monkeypatch.setenv("QUBICO_UPLOAD_URL", emu.upload_url)
+    env_client = QubicoClient(api_key=emu.api_key)
+    assert (env_client.base_url, env_client.upload_url) == (emu.base_url, emu.upload_url)
+    async with env_client:
+        assert (await env_client.account_info()).max_concurrent_task_count == emu.max_concurrent_task_count
+    explicit = QubicoClient(api_key="x", base_url="http://127.0.0.1:9", upload_url="http://127.0.0.1:8")
+    assert (explicit.base_url, explicit.upload_url) == ("http://127.0.0.1:9", "http://127.0.0.1:8")
