@@ -9,7 +9,7 @@ import logging as _logging
 
 from ._transport import Timeouts
 from ._version import __version__
-from .batch import BatchReport, Job, Outcome, OutcomeStatus, Prices, Progress
+from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
 from .client import QubicoClient
 from .errors import (
     APIError,
@@ -34,7 +34,8 @@ from .errors import (
     WaitTimeoutError,
     WebhookVerificationError,
 )
-from .media import Image, Video
+from .journal import Journal, JournalError
+from .media import Image, ImageInput, Video, VideoInput
 from .models import (
     AccountInfo,
     Task,
@@ -48,24 +49,30 @@ from .models import (
     WebhookConfig,
 )
 from .polling import PollPolicy
-from .requests import FaceSwap, MultiFaceSwap, RawTask, VideoFaceSwap
+from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, RequestLike, VideoFaceSwap
 from .retry import RetryPolicy
+from .webhooks import MalformedWebhookError, WebhookEvent, WebhookHub
 
 __all__ = [
     "APIError",
     "AccountInfo",
     "AuthenticationError",
-    "BatchReport",
     "BadRequestError",
+    "BatchReport",
     "BudgetExceededError",
     "ClientClosedError",
     "FaceSwap",
     "Image",
+    "ImageInput",
     "InsufficientCreditError",
     "InsufficientPlanError",
     "InvalidInputError",
     "Job",
+    "JobLike",
+    "Journal",
+    "JournalError",
     "MalformedResponseError",
+    "MalformedWebhookError",
     "MissingApiKeyError",
     "MultiFaceSwap",
     "NotFoundError",
@@ -79,6 +86,8 @@ __all__ = [
     "QubicoError",
     "RateLimitError",
     "RawTask",
+    "Request",
+    "RequestLike",
     "ResultExpiredError",
     "RetryPolicy",
     "ServerError",
@@ -96,8 +105,11 @@ __all__ = [
     "Usage",
     "Video",
     "VideoFaceSwap",
+    "VideoInput",
     "WaitTimeoutError",
     "WebhookConfig",
+    "WebhookEvent",
+    "WebhookHub",
     "WebhookVerificationError",
     "__version__",
 ]

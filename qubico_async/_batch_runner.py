@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
+from attrs import frozen
 
 from ._budget import Budget
 from ._convert import structure_task
 from ._journal_store import JournalError
 from ._pollsched import PollScheduler
-from ._webhook_hub import TRANSIENT_POLL_ERRORS
-from .batch import BatchReport, Job, Outcome, OutcomeStatus, Prices, Progress
+from ._uploads import UploadPolicy
+from ._webhook_hub import TaskRouter
+from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
 from .errors import (
     APIError,
     AuthenticationError,
@@ -35,14 +36,14 @@ from .errors import (
     QubicoError,
     SubmissionUncertainError,
     TaskFailedError,
-    WaitTimeoutError,
 )
 from .journal import Journal
 from .models import AccountInfo, Task
 from .polling import PollPolicy
-from .requests import Prepared
+from .requests import Prepared, Request
+from .waiting import wait_for_task
 
-__all__ = ["DEFAULT_CONCURRENCY", "BatchRun"]
+__all__ = ["DEFAULT_CONCURRENCY", "BatchRun", "BatchServices"]
 
 logger = logging.getLogger("qubico_async")
 
@@ -54,16 +55,20 @@ _CANCEL_GRACE = 2.0
 it is left `uncertain` in the journal (it may or may not have created a task)."""
 
 
-class BatchClient(Protocol):
-    """What the engine needs from the client (the client is never imported here)."""
+@frozen
+class BatchServices:
+    """What the engine needs from the client, as plain callables (the client is never imported here)."""
 
     poll: PollPolicy
-
-    async def _prepare(self, request: object, upload: Any) -> Prepared: ...
-    async def _create(self, prepared: Prepared, *, resubmit_uncertain: bool = False) -> Task: ...
-    async def get_task(self, task_id: str) -> Task: ...
-    async def account_info(self) -> AccountInfo: ...
-    def _requests_sent(self) -> dict[str, int]: ...
+    prepare: Callable[[Request, UploadPolicy], Awaitable[Prepared]]
+    """Check and load a request's media; nothing is sent."""
+    create: Callable[[Prepared, bool], Awaitable[Task]]
+    """The paid POST (`resubmit_uncertain` as the flag)."""
+    get_task: Callable[[str], Awaitable[Task]]
+    account_info: Callable[[], Awaitable[AccountInfo]]
+    requests_sent: Callable[[], Mapping[str, int]]
+    hub: TaskRouter | None = None
+    """Webhook deliveries race the batch's polls for jobs that asked for a webhook."""
 
 
 def _is_account_error(exc: BaseException) -> bool:
@@ -101,15 +106,15 @@ class BatchRun:
 
     def __init__(
         self,
-        client: BatchClient,
-        jobs: Iterable[object] | AsyncIterable[object],
+        client: BatchServices,
+        jobs: Iterable[JobLike] | AsyncIterable[JobLike],
         *,
         concurrency: int | None,
         journal: str | None,
         budget_usd: float | None,
         ordered: bool,
         on_progress: Callable[[Progress], None] | None,
-        upload: Any,
+        upload: UploadPolicy,
         resubmit_uncertain: bool,
         prices: Prices,
         poll: PollPolicy | None,
@@ -183,7 +188,7 @@ class BatchRun:
 
     async def _iterate(self) -> AsyncIterator[Outcome]:
         self._t0 = time.monotonic()
-        self._requests_at_start = dict(self._client._requests_sent())
+        self._requests_at_start = dict(self._client.requests_sent())
         journal = await self._open_journal()  # before anything is submitted: a bad journal fails here
         send, receive = anyio.create_memory_object_stream[Outcome](max_buffer_size=_OUTCOME_BUFFER)
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(send, journal))
@@ -302,7 +307,7 @@ class BatchRun:
 
     async def _job_outcome(self, job: _Job, journal: Journal | None) -> Outcome:
         try:
-            prepared = await self._client._prepare(job.job.request, self._upload)
+            prepared = await self._client.prepare(job.job.request, self._upload)
         except QubicoError as exc:  # bad input, or an upload that failed: nothing was paid
             self._stop_if_account_error(exc)
             return job.done("failed", error=exc, reason=str(exc))
@@ -312,6 +317,7 @@ class BatchRun:
             return job.done("skipped", reason=f"same key as job {first}")
         estimate = self._prices.estimate(prepared.request, prepared.frames)
         job.timeout = self._scheduler.policy.timeout_for(None, model=prepared.request.model)
+        job.hooked = prepared.request.webhook is not None
         try:
             entry = await journal.get(job.key) if journal is not None else None
         except JournalError as exc:
@@ -375,7 +381,7 @@ class BatchRun:
         """Wait for a created task and settle its cost."""
         submitted_at = time.time() if started is not None else None
         try:
-            final = await self._wait(task, started, job.timeout)
+            final = await self._wait(task, started, job.timeout, job.hooked)
         except QubicoError as exc:  # incl. WaitTimeoutError: the task may still finish remotely
             self._stop_if_account_error(exc)
             note = "; the task was created: rerun with the journal to collect it" if journal else ""
@@ -422,7 +428,7 @@ class BatchRun:
         self._create_scopes.add(scope)
         try:
             with scope:
-                task = await self._client._create(prepared, resubmit_uncertain=self._resubmit)
+                task = await self._client.create(prepared, self._resubmit)
         except SubmissionUncertainError as exc:
             await self._journal_write(journal, "record_uncertain", key, str(exc)[:500])
             raise
@@ -459,29 +465,29 @@ class BatchRun:
             except JournalError as exc:
                 self._journal_failed(exc)
 
-    async def _wait(self, task: Task | str, started: float | None, timeout: float | None) -> Task:
+    async def _wait(self, task: Task | str, started: float | None, timeout: float | None, hooked: bool) -> Task:
         task_id = task.task_id if isinstance(task, Task) else task
         last = task if isinstance(task, Task) else None
         if last is not None and last.status.is_terminal:
             return last
         pending_at: float | None = None
-        with anyio.move_on_after(timeout if timeout is not None else math.inf):
-            for wait in self._scheduler.waits():
-                await anyio.sleep(wait)
-                asked_at = time.monotonic()
-                try:
-                    last = await self._client.get_task(task_id)
-                except TRANSIENT_POLL_ERRORS as exc:
-                    # The task exists (and may be paid for): a flaky poll must not turn it into a
-                    # failure without its result. Keep polling until the deadline.
-                    logger.warning("polling task %s failed, will retry: %s", task_id, exc)
-                    continue
-                if last.status.is_terminal:
-                    if started is not None:  # not for tasks resumed from a journal
-                        self._scheduler.observe(last, started, asked_at, pending_at)
-                    return last
+
+        def learn(seen: Task, asked_at: float) -> None:
+            nonlocal pending_at
+            if not seen.status.is_terminal:
                 pending_at = asked_at
-        raise WaitTimeoutError(task_id, last, timeout)
+            elif started is not None:  # not for tasks resumed from a journal
+                self._scheduler.observe(seen, started, asked_at, pending_at)
+
+        return await wait_for_task(
+            task_id,
+            self._client.get_task,
+            self._scheduler.waits(),
+            timeout=timeout,
+            last=last,
+            hub=self._client.hub if hooked else None,
+            on_seen=learn,
+        )
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -529,7 +535,7 @@ class BatchRun:
         )
 
     def _finish_report(self) -> None:
-        now = self._client._requests_sent()
+        now = self._client.requests_sent()
         sent = {k: v - self._requests_at_start.get(k, 0) for k, v in now.items()}
         self.report = BatchReport(
             counts={str(k): v for k, v in self._counts.items()},
@@ -544,7 +550,7 @@ class BatchRun:
 class _Job:
     """One job while it runs: what is known of it so far, and how to make its outcome."""
 
-    __slots__ = ("index", "job", "key", "queued", "timeout")
+    __slots__ = ("hooked", "index", "job", "key", "queued", "timeout")
 
     def __init__(self, job: Job, index: int, queued: float) -> None:
         self.job = job
@@ -552,12 +558,13 @@ class _Job:
         self.queued = queued
         self.key = job.key or ""
         self.timeout: float | None = None
+        self.hooked = False
 
     def done(self, status: OutcomeStatus, **kw: Any) -> Outcome:
         return Outcome(self.job, self.key, self.index, status, queued_at=self.queued, finished_at=time.time(), **kw)
 
 
-async def _aiter(jobs: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:
+async def _aiter(jobs: Iterable[JobLike] | AsyncIterable[JobLike]) -> AsyncIterator[JobLike]:
     if isinstance(jobs, AsyncIterable):
         async for job in jobs:
             yield job

@@ -1,4 +1,4 @@
-"""Routing task updates to code waiting on a task, and the webhook-or-polling race.
+"""Routing task updates to code waiting on a task (the webhook-or-polling race is in `waiting.py`).
 
 `TaskRouter` is the transport-agnostic half of `webhooks.WebhookHub`: it knows tasks, not HTTP.
 Every update costs one dict lookup by task id, however many waiters exist. Waiters share one
@@ -7,23 +7,17 @@ Every update costs one dict lookup by task id, however many waiters exist. Waite
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 
 import anyio
 
-from .errors import RateLimitError, ServerError, TransportError, WaitTimeoutError
 from .models import Task
 
-__all__ = ["TaskRouter", "TaskSubscription", "wait_first"]
+__all__ = ["TaskRouter", "TaskSubscription"]
 
 logger = logging.getLogger("qubico_async")
-
-#: Poll errors that `wait_first` logs and retries; anything else ends the wait.
-TRANSIENT_POLL_ERRORS = (TransportError, ServerError, RateLimitError)
 
 
 class _Slot:
@@ -149,78 +143,3 @@ class TaskSubscription:
     def __repr__(self) -> str:
         state = "inactive" if self._slot is None else "resolved" if self._slot.result is not None else "waiting"
         return f"<TaskSubscription {self.task_id} {state}>"
-
-
-def _intervals(poll_interval: float | Iterable[float]) -> Iterator[float]:
-    if isinstance(poll_interval, (int, float)):
-        if not poll_interval >= 0:
-            raise ValueError(f"poll_interval must be >= 0, got {poll_interval!r}")
-        return itertools.repeat(float(poll_interval))
-    return iter(poll_interval)
-
-
-async def wait_first(
-    hub: TaskRouter,
-    task_id: str,
-    poll: Callable[[], Awaitable[Task]],
-    poll_interval: float | Iterable[float],
-    timeout: float | None,
-) -> Task:
-    """The terminal `Task` from whichever comes first: a webhook delivery to `hub`, or `poll()`.
-
-    `poll()` runs after each interval (a number, or an iterable such as `PollPolicy.intervals()`)
-    as the fallback for dropped deliveries; its results go through `hub.resolve()`, so other
-    waiters on the task benefit too. Transient poll errors (transport, 5xx, 429) are logged and
-    polling continues; any other error propagates. On the deadline raises `WaitTimeoutError`
-    with the last state seen; the remote task keeps running. The loser is cancelled, and the
-    subscription is gone when this returns, raises or is cancelled.
-    """
-    intervals = _intervals(poll_interval)
-    failure: Exception | None = None
-    last: Task | None = None
-    result: Task | None = None
-
-    with hub.subscribe(task_id) as sub:
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-
-                async def by_webhook() -> None:
-                    nonlocal result
-                    task = await sub.terminal()
-                    if result is None:
-                        result = task
-                    tg.cancel_scope.cancel()
-
-                async def by_polling() -> None:
-                    nonlocal failure, last, result
-                    backoff = 0.0  # the server's Retry-After, if it sent one
-                    for interval in intervals:
-                        await anyio.sleep(max(interval, backoff))
-                        try:
-                            task = await poll()
-                        except TRANSIENT_POLL_ERRORS as exc:
-                            logger.warning("polling task %s failed, will retry: %s", task_id, exc)
-                            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-                            backoff = retry_after or 0.0
-                            continue
-                        except Exception as exc:
-                            failure = exc
-                            tg.cancel_scope.cancel()
-                            return
-                        last = task
-                        hub.resolve(task)  # wakes everyone else waiting on this task too
-                        if task.status.is_terminal:
-                            if result is None:
-                                result = task
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(by_webhook)
-                tg.start_soon(by_polling)
-        if result is None and sub.result is not None:  # resolved in the same instant as the deadline
-            result = sub.result
-    if failure is not None:
-        raise failure
-    if result is None:
-        raise WaitTimeoutError(task_id, hub.latest(task_id) or last, timeout)
-    return result

@@ -6,14 +6,14 @@ The engine that runs a batch lives in `_batch_runner.py`; `QubicoClient.swap_man
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from attrs import field, frozen, validators
 
 from .models import Task, Usage
-from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, VideoFaceSwap, coerce_request
+from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, RequestLike, VideoFaceSwap, coerce_request
 
-__all__ = ["BatchReport", "Job", "Outcome", "OutcomeStatus", "Prices", "Progress"]
+__all__ = ["BatchReport", "Job", "JobLike", "Outcome", "OutcomeStatus", "Prices", "Progress"]
 
 OutcomeStatus = Literal["succeeded", "failed", "uncertain", "skipped"]
 """`succeeded`/`failed`: the task finished. `uncertain`: its create may or may not have happened
@@ -21,7 +21,7 @@ OutcomeStatus = Literal["succeeded", "failed", "uncertain", "skipped"]
 (budget, account error, or already done in the journal)."""
 
 
-def _to_request(value: object) -> Request:
+def _to_request(value: RequestLike) -> Request:
     return coerce_request(value)
 
 
@@ -31,6 +31,10 @@ class Job:
 
     request: Request = field(converter=_to_request)
     key: str | None = field(default=None, validator=validators.optional(validators.instance_of(str)))
+
+
+JobLike = Job | FaceSwap | MultiFaceSwap | VideoFaceSwap | RawTask | Mapping[str, Any]
+"""What `swap_many` takes per job: a request, a unified-API dict, or a `Job` with a key."""
 
 
 @frozen

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
-import anyio
-import anyio.to_thread
 import attrs
 
 from . import _download
-from ._batch_runner import BatchRun
+from ._batch_runner import BatchRun, BatchServices
 from ._convert import structure_account, structure_task
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Timeouts, Transport
 from ._uploads import UploadPolicy, content_digest
-from .batch import Prices, Progress
+from .batch import JobLike, Prices, Progress
 from .errors import (
     ClientClosedError,
     InsufficientCreditError,
@@ -33,14 +32,14 @@ from .errors import (
     MissingApiKeyError,
     SubmissionUncertainError,
     TaskFailedError,
-    WaitTimeoutError,
 )
-from .media import Image, Video, _Media
+from .media import ImageInput, VideoInput
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
-from .requests import FaceSwap, MultiFaceSwap, Prepared, VideoFaceSwap, coerce_request
+from .requests import FaceSwap, MultiFaceSwap, Prepared, RequestLike, VideoFaceSwap, coerce_request
 from .retry import RetryPolicy
-from .webhooks import WebhookHub, wait_first
+from .waiting import wait_for_task
+from .webhooks import WebhookHub
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
 
@@ -170,7 +169,7 @@ class QubicoClient:
 
     async def submit(
         self,
-        request: object,
+        request: RequestLike,
         *,
         webhook: WebhookConfig | None = None,
         upload: UploadPolicy = "auto",
@@ -190,13 +189,13 @@ class QubicoClient:
         prepared = await self._prepare(request, upload)
         return await self._create(prepared, resubmit_uncertain=resubmit_uncertain)
 
-    async def _prepare(self, request: object, upload: UploadPolicy) -> Prepared:
+    async def _prepare(self, request: RequestLike, upload: UploadPolicy) -> Prepared:
         """Check and load the media (each file read once), then build the wire payload."""
         self._http()
         self._require_key()
         return await self._media.prepare(request, upload)
 
-    async def _create(self, prepared: Prepared, *, resubmit_uncertain: bool = False) -> Task:
+    async def _create(self, prepared: Prepared, resubmit_uncertain: bool = False) -> Task:
         """The paid POST: sent once unless the failure proves no task was created."""
         body = await encode_json(prepared.payload)
         sent_at = time.time()
@@ -262,31 +261,34 @@ class QubicoClient:
                 return last
         if timeout is None:
             timeout = (poll if poll is not None else self.poll).timeout_for(last)
+        hub = self.webhooks
         if via == "webhook":
-            hub = self.webhooks
             if last is not None and last.config.webhook is None:
                 logger.warning(
                     "task %s was created without a webhook: only the slow fallback poll will see it", task_id
                 )
             if hub is None:
                 raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
-            return await wait_first(hub, task_id, lambda: self.get_task(task_id), policy.intervals(self._rng), timeout)
         intervals = policy.intervals(self._rng)
-        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
-            if last is not None:
-                await anyio.sleep(next(intervals))
-            while True:
-                last = await self.get_task(task_id)
-                if last.status.is_terminal:
-                    if self.webhooks is not None:
-                        self.webhooks.resolve(last)
-                    return last
-                await anyio.sleep(next(intervals))
-        raise WaitTimeoutError(task_id, last, timeout)
+        waits = intervals if last is not None or via == "webhook" else itertools.chain([0.0], intervals)
+
+        def resolve_terminal(task: Task, _: float) -> None:
+            if hub is not None and task.status.is_terminal:
+                hub.resolve(task)  # other waiters on this task learn it too
+
+        return await wait_for_task(
+            task_id,
+            self.get_task,
+            waits,
+            timeout=timeout,
+            last=last,
+            hub=hub if via == "webhook" else None,
+            on_seen=resolve_terminal,
+        )
 
     async def run(
         self,
-        request: object,
+        request: RequestLike,
         *,
         timeout: float | None = None,
         poll: PollPolicy | None = None,
@@ -303,8 +305,8 @@ class QubicoClient:
 
     async def face_swap(
         self,
-        target: Image | str | bytes | os.PathLike[str],
-        swap: Image | str | bytes | os.PathLike[str],
+        target: ImageInput,
+        swap: ImageInput,
         *,
         webhook: WebhookConfig | None = None,
         service_mode: str | None = None,
@@ -318,8 +320,8 @@ class QubicoClient:
 
     async def multi_face_swap(
         self,
-        target: Image | str | bytes | os.PathLike[str],
-        swap: Image | str | bytes | os.PathLike[str],
+        target: ImageInput,
+        swap: ImageInput,
         swap_faces: Iterable[int],
         target_faces: Iterable[int],
         *,
@@ -335,8 +337,8 @@ class QubicoClient:
 
     async def video_face_swap(
         self,
-        target_video: Video | str | bytes | os.PathLike[str],
-        swap: Image | str | bytes | os.PathLike[str],
+        target_video: VideoInput,
+        swap: ImageInput,
         swap_faces: Iterable[int] = (),
         target_faces: Iterable[int] = (),
         *,
@@ -356,7 +358,7 @@ class QubicoClient:
         """Balance, plan and concurrency limit of the API key's account."""
         return structure_account(_data(await self._request("GET", "/account/info"), "account info"))
 
-    def _requests_sent(self) -> dict[str, int]:
+    def _requests_sent(self) -> Mapping[str, int]:
         return {
             "create": self._transport.requests_sent["create"],
             "other": self._transport.requests_sent["read"],
@@ -366,7 +368,7 @@ class QubicoClient:
 
     def swap_many(
         self,
-        jobs: Iterable[object] | AsyncIterable[object],
+        jobs: Iterable[JobLike] | AsyncIterable[JobLike],
         *,
         concurrency: int | None = None,
         journal: str | os.PathLike[str] | None = None,
@@ -391,8 +393,17 @@ class QubicoClient:
         errors and the budget stop submitting and the remaining jobs come out `skipped`. With a
         `journal`, a rerun skips finished jobs, polls submitted ones and never pays twice.
         """
+        services = BatchServices(
+            poll=self.poll,
+            prepare=self._prepare,
+            create=self._create,
+            get_task=self.get_task,
+            account_info=self.account_info,
+            requests_sent=self._requests_sent,
+            hub=self.webhooks,
+        )
         return BatchRun(
-            self,
+            services,
             jobs,
             concurrency=concurrency,
             journal=os.fspath(journal) if journal is not None else None,
@@ -442,7 +453,7 @@ class QubicoClient:
 
     # -- media -------------------------------------------------------------------------------
 
-    async def upload(self, source: _Media | str | bytes | os.PathLike[str]) -> str:
+    async def upload(self, source: ImageInput | VideoInput) -> str:
         """Upload local media with the File Upload API and return its URL (kept 24 h by the service).
 
         Checked like any input first. The same bytes are uploaded once per client; the URL is

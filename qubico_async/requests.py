@@ -11,7 +11,16 @@ from .errors import InvalidInputError
 from .media import Image, Video, _Media
 from .models import WebhookConfig
 
-__all__ = ["FaceSwap", "MultiFaceSwap", "Prepared", "RawTask", "Request", "VideoFaceSwap", "coerce_request"]
+__all__ = [
+    "FaceSwap",
+    "MultiFaceSwap",
+    "Prepared",
+    "RawTask",
+    "Request",
+    "RequestLike",
+    "VideoFaceSwap",
+    "coerce_request",
+]
 
 MediaResolver = Callable[[_Media], Awaitable[str]]
 """Turns a media source into the string the service receives (URL or data URI)."""
@@ -189,6 +198,9 @@ class RawTask:
 
 
 Request = FaceSwap | MultiFaceSwap | VideoFaceSwap | RawTask
+"""A typed task request."""
+RequestLike = Request | Mapping[str, Any]
+"""What `submit` takes: a typed request, or a unified-API dict (`{"model", "task_type", "input"}`)."""
 
 
 @frozen
@@ -205,7 +217,7 @@ class Prepared:
     frames: int | None = None
 
 
-def coerce_request(value: object) -> Request:
+def coerce_request(value: RequestLike | object) -> Request:
     """A typed request, a `RawTask`, or a unified-API dict."""
     if isinstance(value, (FaceSwap, MultiFaceSwap, VideoFaceSwap, RawTask)):
         return value

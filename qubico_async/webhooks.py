@@ -31,9 +31,10 @@ from attrs import frozen
 
 from ._convert import structure_task
 from ._redaction import redact_tree
-from ._webhook_hub import TaskRouter, TaskSubscription, wait_first
+from ._webhook_hub import TaskRouter, TaskSubscription
 from .errors import MalformedResponseError, WebhookVerificationError
 from .models import Task
+from .waiting import wait_first
 
 logger = logging.getLogger("qubico_async")
 

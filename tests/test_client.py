@@ -314,9 +314,7 @@ async def test_retry_policy_instant_is_used_for_gets(emu: Emulator) -> None:
     assert emu.stats.gets == 3
 
 
-async def test_base_and_upload_url_come_from_the_environment(
-    emu: Emulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_base_and_upload_url_come_from_the_environment(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUBICO_BASE_URL", emu.base_url)
     monkeypatch.setenv("QUBICO_UPLOAD_URL", emu.upload_url)
     env_client = QubicoClient(api_key=emu.api_key)

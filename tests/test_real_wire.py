@@ -24,7 +24,10 @@ from qubico_async import (
     TaskFailedError,
     TaskStatus,
     Usage,
+    WebhookConfig,
+    WebhookHub,
 )
+from qubico_async._convert import structure_task
 
 from .scripted_service import CREDIT_RAW, ZERO_TIME, ScriptedService, credit_refusal, envelope, real_task
 
@@ -252,3 +255,24 @@ async def test_a_video_job_resumed_from_the_journal_gets_the_video_deadline(
         resumed = [o async for o in client.swap_many([VIDEO], journal=journal, concurrency=1)]
     assert resumed[0].status == "succeeded", resumed[0].reason
     assert service.creates == 1  # polled, never created again
+
+
+async def test_a_batch_job_with_a_webhook_finishes_from_the_delivery(service: ScriptedService) -> None:
+    """The batch races the client's WebhookHub like wait(via="webhook") (it used to ignore it)."""
+    hub = WebhookHub("hook-secret-0123456789")
+    hook = WebhookConfig("http://127.0.0.1:9/hook", "hook-secret-0123456789")
+
+    def get(svc: ScriptedService, task_id: str, poll: int) -> tuple[int, object]:
+        if poll == 1:  # the delivery arrives while the poll still says "processing"
+            done = real_task(task_id, "completed", image_url=svc.result_url(task_id), consume=2000000)
+            hub.resolve(structure_task(done))
+        return 200, envelope(real_task(task_id, "processing"))
+
+    service.on_get = get
+    async with QubicoClient(
+        api_key="k" * 12, base_url=service.base_url, poll=PollPolicy.instant(timeout=5), webhooks=hub
+    ) as client:
+        requests = [FaceSwap(f"https://example.invalid/t{i}.jpg", FACE, webhook=hook) for i in range(3)]
+        outcomes = [o async for o in client.swap_many(requests, concurrency=3)]
+    assert [o.status for o in outcomes] == ["succeeded"] * 3
+    assert hub.waiting == 0
