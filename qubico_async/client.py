@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -211,10 +212,13 @@ class QubicoClient:
             ) from exc
 
     async def get_task(self, task_id: str) -> Task:
-        """The task's current state (one GET, retried on transient failures)."""
-        if not isinstance(task_id, str) or not task_id.strip():
-            raise InvalidInputError(f"task_id must be a non-empty string, got {task_id!r}")
-        path = "/api/v1/task/" + urllib.parse.quote(task_id, safe="")
+        """The task's current state (one GET, retried on transient failures).
+
+        `task_id` must be 1-200 characters of `A-Z a-z 0-9 _ -` (the service's ids are UUIDs):
+        anything else raises `InvalidInputError` and sends nothing, so an id such as `..` can
+        never turn into a request for another path.
+        """
+        path = "/api/v1/task/" + urllib.parse.quote(_check_task_id(task_id), safe="")
         return structure_task(_data(await self._request("GET", path), "get task"))
 
     async def wait(
@@ -234,9 +238,9 @@ class QubicoClient:
         is not cancelled. Cancelling the caller stops waiting at once and leaves nothing behind.
         """
         last = task if isinstance(task, Task) else None
-        task_id = task.task_id if isinstance(task, Task) else task
         if last is not None and last.status.is_terminal:
             return last
+        task_id = _check_task_id(task.task_id if isinstance(task, Task) else task)  # before any wait
         if via not in ("poll", "webhook"):
             raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
         policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
@@ -440,6 +444,21 @@ class QubicoClient:
         assert self.upload_url is not None
         # Uploads are free and idempotent enough: retried like reads.
         return await self._transport.request(session, "POST", self.upload_url + "/api/ephemeral_resource", body=body)
+
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def _check_task_id(task_id: object) -> str:
+    """`task_id` if it is safe to put in a URL path, else `InvalidInputError` (nothing is sent)."""
+    if not isinstance(task_id, str) or _TASK_ID.fullmatch(task_id) is None:
+        shown = repr(task_id)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise InvalidInputError(
+            f"invalid task id {shown}: expected 1-200 characters of letters, digits, '_' and '-' "
+            "(the service's ids are UUIDs)"
+        )
+    return task_id
 
 
 def _check_base_url(url: str, what: str) -> str:
