@@ -406,17 +406,23 @@ class QubicoClient:
         overwrite: bool = False,
         max_bytes: int = _download.DEFAULT_MAX_BYTES,
     ) -> Path:
-        """Save the result to `dest` (a file, or a folder: then named after the task) and return the path.
+        """Save the result to `dest` and return the path.
 
-        Written to a temporary file beside `dest` and renamed into place, so `dest` never holds a
-        partial file. Results expire about 3 days after the task finished.
+        `dest` is a folder when it exists as one or ends in `/` (created if missing); the file
+        is then named after the task. Otherwise it is the file's path. Written to a temporary
+        file beside it and renamed into place, so it never holds a partial file. An existing
+        file is kept unless `overwrite` (`OutputExistsError`, also a `FileExistsError`); other
+        local failures raise `DownloadError`. Results expire about 3 days after the task finished.
         """
         url = _result_url(task)
         name = task.task_id if isinstance(task, Task) else None
+        raw = os.fspath(dest)
+        as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
         return await _download.fetch_to_file(
             self._http(),
             url,
-            Path(dest),
+            Path(raw),
+            as_folder=as_folder,
             name_hint=name,
             overwrite=overwrite,
             retry=self.retry,
