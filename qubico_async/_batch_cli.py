@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -242,8 +243,12 @@ def _write_report(path: Path, records: dict[int, dict[str, Any]]) -> None:
             os.unlink(tmp)
 
 
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+
+
 def _summary_reason(text: str) -> str:
-    line = " ".join(text.split())
+    """One line per kind of failure: task ids replaced, so that the same cause counts once."""
+    line = _UUID.sub("<id>", " ".join(text.split()))
     return line if len(line) <= 160 else line[:157] + "..."
 
 

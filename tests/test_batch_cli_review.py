@@ -186,6 +186,7 @@ async def test_the_resume_hint_runs_as_printed_against_the_same_service(emu_r: E
     per_input = Counter(t.input["target_image"] for t in emu_r.tasks.values())
     assert len(per_input) == 24 and max(per_input.values()) == 1  # the same service, nothing paid twice
     assert len(list(out.glob("*-swapped.png"))) == 24
+    assert sorted(r["index"] for r in _report(out)) == list(range(24))  # interrupted, resumed: one line each
 
 
 async def test_preflight_fails_fast_with_exit_2_and_makes_no_journal(tmp_path: Path) -> None:
