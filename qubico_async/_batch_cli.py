@@ -286,6 +286,7 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
     reasons: Counter[str] = Counter()
     received = 0
     download_failures = 0
+    report_failed = False
     limiter = anyio.CapacityLimiter(8)
     batch = None
     try:
@@ -353,10 +354,15 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
     finally:
         if received:
             with anyio.CancelScope(shield=True):  # also when interrupted: the report stays whole
-                await anyio.to_thread.run_sync(_write_report, report_path, records)
+                try:
+                    await anyio.to_thread.run_sync(_write_report, report_path, records)
+                except OSError as exc:  # the journal still has everything
+                    stream.write(f"\ncould not write {report_path}: {exc.strerror or exc}\n")
+                    report_failed = True
     report_ = batch.report if batch is not None else None
     stream.write("\n")
     failures = sum(1 for r in records.values() if r["status"] in ("failed", "uncertain")) + download_failures
+    failures += report_failed
     if report_ is not None:
         counts = ", ".join(f"{v} {k}" for k, v in report_.counts.items() if v)
         stream.write(
