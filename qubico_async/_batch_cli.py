@@ -7,12 +7,17 @@ seconds otherwise): a batch CLI needs a counter, not a dependency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
+import re
+import secrets
+import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,10 +25,11 @@ from typing import Any, TextIO
 import anyio
 import anyio.to_thread
 
-from .batch import Job, Outcome, Progress
-from .client import QubicoClient
-from .errors import InvalidInputError
+from .batch import Job, Progress
+from .client import _ENV_KEYS, DEFAULT_BASE_URL, QubicoClient
+from .errors import InvalidInputError, QubicoError
 from .media import Image
+from .models import Task
 from .requests import FaceSwap
 
 __all__ = ["add_parser", "read_manifest", "run_batch"]
@@ -146,60 +152,164 @@ class _ProgressLine:
         self.stream.flush()
 
 
-async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> int:
-    """Run the batch described by the parsed arguments; returns the exit status."""
+class _Preflight(Exception):
+    """A problem with the command line or its inputs, found before anything is sent (exit 2)."""
+
+
+def _is_remote(value: str) -> bool:
+    return value[:8].lower().startswith(("http://", "https://", "data:"))
+
+
+def _preflight(args: argparse.Namespace) -> list[tuple[str, str | None, str | None]]:
+    """Everything that would make every job fail, checked before a journal exists (in a thread)."""
+    if not any(os.environ.get(k) for k in _ENV_KEYS):
+        raise _Preflight("no API key: set QUBICO_API_KEY (or PIAPI_API_KEY) in the environment")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise _Preflight(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.budget is not None and not args.budget >= 0:
+        raise _Preflight(f"--budget must be a non-negative amount in USD, got {args.budget}")
+    targets: Path = args.targets
+    if not targets.exists():
+        raise _Preflight(f"--targets {targets}: no such folder or file")
+    try:
+        rows = _targets(targets)
+    except InvalidInputError as exc:
+        raise _Preflight(f"--targets: {exc}") from None
+    if not _is_remote(args.swap) and not os.path.isfile(args.swap):
+        raise _Preflight(f"--swap {args.swap}: no such file")
+    missing = [
+        path
+        for target, swap, _ in rows
+        for path in (target, swap)
+        if path is not None and not _is_remote(path) and not os.path.isfile(path)
+    ]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise _Preflight(f"--targets {targets}: {missing[0]} is not a file{more}")
     out: Path = args.out
-    rows = await anyio.to_thread.run_sync(_targets, args.targets)
-    Image.coerce(args.swap)  # fail now, not per job, if the face is unusable
+    if out.exists() and not out.is_dir():
+        raise _Preflight(f"--out {out}: exists and is not a folder")
     journal: Path = args.journal or out / JOURNAL_NAME
-    if await anyio.Path(journal).exists() and not args.resume:
-        raise InvalidInputError(f"{journal} exists: pass --resume to continue that run, or delete it")
+    if journal.is_dir():
+        raise _Preflight(f"journal {journal} is a folder: give --journal a file path")
+    if journal.exists() and not args.resume:
+        raise _Preflight(f"journal {journal} exists: add --resume to continue that run, or delete it to start over")
+    return rows
+
+
+def _unique_names(rows: list[tuple[str, str | None, str | None]]) -> dict[int, str]:
+    """Output stems per job; two targets with the same stem (a/x.png, b/x.jpg) get distinct ones."""
+    names: dict[int, str] = {}
+    used: set[str] = set()
+    for i, (target, _, _) in enumerate(rows):
+        name = _out_name(target, i, "")
+        if name.lower() in used:
+            name = f"{name}-{i}"
+        used.add(name.lower())
+        names[i] = name
+    return names
+
+
+def _load_report(path: Path, rows: list[tuple[str, str | None, str | None]]) -> dict[int, dict[str, Any]]:
+    """The earlier run's lines that still describe this run's jobs (same index, same target)."""
+    kept: dict[int, dict[str, Any]] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return kept
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        index = record.get("index") if isinstance(record, dict) else None
+        if isinstance(index, int) and 0 <= index < len(rows) and record.get("target") == rows[index][0][:500]:
+            kept[index] = record
+    return kept
+
+
+def _write_report(path: Path, records: dict[int, dict[str, Any]]) -> None:
+    """One line per job, in job order, replacing the file atomically (never a half-written report)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for index in sorted(records):
+                f.write(json.dumps(records[index]) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+
+
+def _summary_reason(text: str) -> str:
+    """One line per kind of failure: task ids replaced, so that the same cause counts once."""
+    line = _UUID.sub("<id>", " ".join(text.split()))
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> int:
+    """Run the batch described by the parsed arguments; returns the exit status.
+
+    0: every job succeeded; 1: some failed, are uncertain, or a result could not be saved;
+    2: the command line or its inputs are unusable (nothing was sent, no journal was made).
+    """
+    try:
+        rows = await anyio.to_thread.run_sync(_preflight, args)
+        try:
+            swap = Image.coerce(args.swap)
+            if not swap.is_url:
+                await swap.load()  # fail now, not per job, if the face is unusable
+        except InvalidInputError as exc:
+            raise _Preflight(f"--swap: {exc}") from None
+    except _Preflight as exc:
+        stream.write(f"error: {exc}\n")
+        return 2
+    out: Path = args.out
+    journal: Path = args.journal or out / JOURNAL_NAME
+    report_path = out / "report.jsonl"
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
-    names = {i: _out_name(t, i, "") for i, (t, _, _) in enumerate(rows)}
+    names = _unique_names(rows)
+    records: dict[int, dict[str, Any]] = {}
+    if args.resume:
+        records = await anyio.to_thread.run_sync(_load_report, report_path, rows)
 
     def jobs() -> Iterator[Job]:
         for target, swap, key in rows:
             yield Job(FaceSwap(target, swap or args.swap), key=key)
 
     progress = _ProgressLine(stream)
-    failures = 0
+    reasons: Counter[str] = Counter()
+    received = 0
+    download_failures = 0
+    report_failed = False
     limiter = anyio.CapacityLimiter(8)
-    async with (
-        QubicoClient(base_url=args.base_url, upload_url=args.upload_url) as client,
-        await anyio.open_file(out / "report.jsonl", "a") as report,
-    ):
+    batch = None
+    try:
+        async with QubicoClient(base_url=args.base_url, upload_url=args.upload_url) as client:
 
-        async def save(outcome: Outcome) -> None:
-            nonlocal failures
-            path: str | None = None
-            task = outcome.task
-            if task is not None and task.result_url and outcome.status in ("succeeded", "skipped"):
-                suffix = Path(task.result_url.split("?", 1)[0]).suffix or ".jpg"
-                dest = out / (names[outcome.index] + suffix)
+            async def save(index: int, task: Task, url: str, record: dict[str, Any]) -> None:
+                nonlocal download_failures
+                suffix = Path(url.split("?", 1)[0]).suffix or ".jpg"
+                dest = out / (names[index] + suffix)
                 try:
                     async with limiter:
                         if not await anyio.Path(dest).exists():
                             await client.download(task, dest)
-                    path = str(dest)
                 except Exception as exc:  # the task is paid for: say so, keep going
-                    failures += 1
-                    stream.write(f"\ncould not download {task.result_url}: {exc}\n")
-            record = {
-                "index": outcome.index,
-                "key": outcome.key,
-                "target": rows[outcome.index][0][:500],
-                "status": outcome.status,
-                "task_id": task.task_id if task else None,
-                "result_url": task.result_url if task else None,
-                "output": path,
-                "reason": outcome.reason,
-                "spend_usd": outcome.spend_usd,
-                "replayed": outcome.replayed,
-            }
-            await report.write(json.dumps(record) + "\n")
+                    download_failures += 1
+                    reason = f"download failed: {exc}"
+                    record["download_error"] = reason[:500]
+                    reasons[_summary_reason(reason)] += 1
+                    stream.write(f"\ncould not download {url}: {exc}\n")
+                else:
+                    record["output"] = str(dest)
 
-        async with (
-            client.swap_many(
+            batch = client.swap_many(
                 jobs(),
                 concurrency=args.concurrency,
                 journal=journal,
@@ -207,15 +317,52 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
                 on_progress=progress,
                 upload=args.upload,
                 resubmit_uncertain=args.resubmit_uncertain,
-            ) as batch,
-            anyio.create_task_group() as tg,
-        ):
-            async for outcome in batch:
-                if outcome.status in ("failed", "uncertain"):
-                    failures += 1
-                tg.start_soon(save, outcome)
-    report_ = batch.report
+            )
+            failure: QubicoError | None = None
+            async with batch, anyio.create_task_group() as tg:
+                try:
+                    async for outcome in batch:
+                        received += 1
+                        task = outcome.task
+                        record: dict[str, Any] = {
+                            "index": outcome.index,
+                            "key": outcome.key,
+                            "target": rows[outcome.index][0][:500],
+                            "status": outcome.status,
+                            "task_id": task.task_id if task else None,
+                            "result_url": task.result_url if task else None,
+                            "output": None,
+                            "reason": outcome.reason,
+                            "spend_usd": outcome.spend_usd,
+                            "replayed": outcome.replayed,
+                        }
+                        records[outcome.index] = record  # one writer: this loop; one line per job
+                        if outcome.status in ("failed", "uncertain"):
+                            reasons[_summary_reason(f"{outcome.status}: {outcome.reason}")] += 1
+                        if task is not None and task.result_url and outcome.status in ("succeeded", "skipped"):
+                            tg.start_soon(save, outcome.index, task, task.result_url, record)
+                except QubicoError as exc:  # caught here: leaving the task group would wrap it
+                    failure = exc
+            if failure is not None:
+                raise failure
+    except QubicoError as exc:
+        if received == 0:  # the batch could not start (e.g. an unusable journal): nothing was sent
+            stream.write(f"\nerror: {exc}\n")
+            return 2
+        stream.write(f"\nerror: {exc}\nthe journal keeps what was done; resume with:\n  {resume_hint(args)}\n")
+        return 1
+    finally:
+        if received:
+            with anyio.CancelScope(shield=True):  # also when interrupted: the report stays whole
+                try:
+                    await anyio.to_thread.run_sync(_write_report, report_path, records)
+                except OSError as exc:  # the journal still has everything
+                    stream.write(f"\ncould not write {report_path}: {exc.strerror or exc}\n")
+                    report_failed = True
+    report_ = batch.report if batch is not None else None
     stream.write("\n")
+    failures = sum(1 for r in records.values() if r["status"] in ("failed", "uncertain")) + download_failures
+    failures += report_failed
     if report_ is not None:
         counts = ", ".join(f"{v} {k}" for k, v in report_.counts.items() if v)
         stream.write(
@@ -225,22 +372,48 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
         )
         if report_.stopped_reason:
             stream.write(f"stopped submitting: {report_.stopped_reason}\n")
-    stream.write(f"results in {out}, report in {out / 'report.jsonl'}\n")
+    if reasons:
+        stream.write("failures by reason:\n")
+        for reason, count in reasons.most_common(5):
+            stream.write(f"  {count:>5} x {reason}\n")
+        if len(reasons) > 5:
+            stream.write(f"  ... and {len(reasons) - 5} more reasons (see the report)\n")
+    uncertain = report_.counts.get("uncertain", 0) if report_ is not None else 0
+    if report_ is not None and (report_.stopped_reason or uncertain):
+        stream.write(f"to continue this run:\n  {resume_hint(args)}\n")
+        if uncertain and not args.resubmit_uncertain:
+            stream.write(
+                f"{uncertain} uncertain job(s) may already have been created (and paid for); "
+                "add --resubmit-uncertain to submit them again\n"
+            )
+    stream.write(f"results in {out}, report in {report_path}\n")
     return 1 if failures else 0
 
 
 def resume_hint(args: argparse.Namespace) -> str:
-    journal = args.journal or args.out / JOURNAL_NAME
-    parts = [
-        "python -m qubico_async batch",
-        f"--swap {args.swap}",
-        f"--targets {args.targets}",
-        f"--out {args.out}",
-    ]
+    """The command that continues this run: every option given, paths absolute, shell-quoted."""
+
+    def path(value: str | os.PathLike[str]) -> str:
+        return os.path.abspath(value)
+
+    cmd = [sys.executable, "-m", "qubico_async"]
+    if getattr(args, "verbose", False):
+        cmd.append("-v")
+    base_url = getattr(args, "base_url", DEFAULT_BASE_URL)
+    if base_url != DEFAULT_BASE_URL:
+        cmd += ["--base-url", base_url]
+    if getattr(args, "upload_url", None):
+        cmd += ["--upload-url", args.upload_url]
+    swap = args.swap if _is_remote(args.swap) else path(args.swap)
+    cmd += ["batch", "--swap", swap, "--targets", path(args.targets), "--out", path(args.out)]
     if args.journal:
-        parts.append(f"--journal {journal}")
-    if args.concurrency:
-        parts.append(f"--concurrency {args.concurrency}")
+        cmd += ["--journal", path(args.journal)]
+    if args.concurrency is not None:
+        cmd += ["--concurrency", str(args.concurrency)]
     if args.budget is not None:
-        parts.append(f"--budget {args.budget}")
-    return " ".join([*parts, "--resume"])
+        cmd += ["--budget", repr(args.budget)]
+    if args.upload != "auto":
+        cmd += ["--upload", args.upload]
+    if args.resubmit_uncertain:
+        cmd.append("--resubmit-uncertain")
+    return shlex.join([*cmd, "--resume"])

@@ -17,8 +17,11 @@ import anyio
 
 from ._transport import Timeouts
 from .errors import (
+    DownloadError,
     InvalidInputError,
     MalformedResponseError,
+    OutputExistsError,
+    QubicoError,
     ResultExpiredError,
     ServerError,
     TransportError,
@@ -162,13 +165,28 @@ async def fetch_to_file(
     retry: RetryPolicy,
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+    as_folder: bool = False,
 ) -> Path:
-    """Download into a temp file beside the target, then move it into place atomically."""
+    """Download into a temp file beside the target, then move it into place atomically.
+
+    `dest` is a folder when `as_folder` (it is created if missing) or when it is an existing
+    folder; the file is then named after `name_hint`. Every local file-system failure is a
+    `DownloadError` (an existing file without `overwrite`: `OutputExistsError`).
+    """
     _check_url(url)
-    is_dir = await anyio.Path(dest).is_dir()
-    folder = dest if is_dir else dest.parent
-    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        is_dir = await anyio.Path(dest).is_dir()
+        if as_folder and not is_dir and await anyio.Path(dest).exists():
+            raise DownloadError(f"cannot save into {dest}: it exists and is not a folder", path=dest)
+        is_dir = is_dir or as_folder
+        folder = dest if is_dir else dest.parent
+        await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+    except DownloadError:
+        raise
+    except OSError as exc:
+        raise DownloadError(f"cannot create the folder for {dest}: {_why(exc)}", path=dest) from None
     tmp = folder / f".{safe_filename(name_hint or dest.name)}.{secrets.token_hex(4)}.part"
+    final = dest
     try:
         async with await anyio.open_file(tmp, "wb") as file:
             content_type = await _stream(session, url, retry, max_bytes, _FileSink(file), timeouts)
@@ -176,27 +194,34 @@ async def fetch_to_file(
             stem = safe_filename(name_hint or Path(urllib.parse.urlsplit(url).path).stem or "result")
             ext = _EXT_BY_TYPE.get(content_type) or _url_ext(url)
             final = folder / (stem + ext)
-        else:
-            final = dest
         await anyio.to_thread.run_sync(_place, tmp, final, overwrite)
         return final
+    except QubicoError:
+        raise
+    except OSError as exc:  # the temp file could not be created or written, or not moved
+        raise DownloadError(f"cannot save the result to {final}: {_why(exc)}", path=final) from None
     finally:
         # Also runs on cancellation: never leave a temp file behind.
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(tmp)
 
 
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
 def _place(tmp: Path, final: Path, overwrite: bool) -> None:
+    exists = OutputExistsError(f"{final} already exists; pass overwrite=True to replace it", path=final)
     if overwrite:
         os.replace(tmp, final)
         return
     try:
         os.link(tmp, final)  # atomic, and fails instead of clobbering an existing file
     except FileExistsError:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it") from None
+        raise exists from None
     except OSError:
         if final.exists():
-            raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it") from None
+            raise exists from None
         os.replace(tmp, final)
 
 

@@ -54,15 +54,16 @@ class TaskRouter:
         return self._active
 
     def latest(self, task_id: str) -> Task | None:
-        """The latest state seen for `task_id`; a terminal state is never replaced by a non-terminal one."""
+        """The latest state seen for `task_id`; once terminal, the first terminal state (what waiters got)."""
         return self._latest.get(task_id)
 
     def resolve(self, task: Task) -> None:
         """Record `task` (from a webhook or from polling); if terminal, wake everyone waiting on it."""
         task_id = task.task_id
         previous = self._latest.get(task_id)
-        # Deliveries arrive out of order and retried: a terminal state is final.
-        if previous is None or task.status.is_terminal or not previous.status.is_terminal:
+        # Deliveries arrive out of order and retried: the first terminal state is final, so that
+        # `latest()` always agrees with what the waiters were woken with.
+        if previous is None or not previous.status.is_terminal:
             self._latest[task_id] = task
         self._latest.move_to_end(task_id)
         if len(self._latest) > self._remember:

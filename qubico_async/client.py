@@ -224,10 +224,13 @@ class QubicoClient:
         return task
 
     async def get_task(self, task_id: str) -> Task:
-        """The task's current state (one GET, retried on transient failures)."""
-        if not isinstance(task_id, str) or not task_id.strip():
-            raise InvalidInputError(f"task_id must be a non-empty string, got {task_id!r}")
-        path = "/api/v1/task/" + urllib.parse.quote(task_id, safe="")
+        """The task's current state (one GET, retried on transient failures).
+
+        `task_id` must be 1-200 characters of `A-Z a-z 0-9 _ -` (the service's ids are UUIDs):
+        anything else raises `InvalidInputError` and sends nothing, so an id such as `..` can
+        never turn into a request for another path.
+        """
+        path = "/api/v1/task/" + urllib.parse.quote(_check_task_id(task_id), safe="")
         return structure_task(_data(await self._request("GET", path), "get task"))
 
     async def wait(
@@ -247,9 +250,9 @@ class QubicoClient:
         is not cancelled. Cancelling the caller stops waiting at once and leaves nothing behind.
         """
         last = task if isinstance(task, Task) else None
-        task_id = task.task_id if isinstance(task, Task) else task
         if last is not None and last.status.is_terminal:
             return last
+        task_id = _check_task_id(task.task_id if isinstance(task, Task) else task)  # before any wait
         if via not in ("poll", "webhook"):
             raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
         policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
@@ -433,17 +436,23 @@ class QubicoClient:
         overwrite: bool = False,
         max_bytes: int = _download.DEFAULT_MAX_BYTES,
     ) -> Path:
-        """Save the result to `dest` (a file, or a folder: then named after the task) and return the path.
+        """Save the result to `dest` and return the path.
 
-        Written to a temporary file beside `dest` and renamed into place, so `dest` never holds a
-        partial file. Results expire about 3 days after the task finished.
+        `dest` is a folder when it exists as one or ends in `/` (created if missing); the file
+        is then named after the task. Otherwise it is the file's path. Written to a temporary
+        file beside it and renamed into place, so it never holds a partial file. An existing
+        file is kept unless `overwrite` (`OutputExistsError`, also a `FileExistsError`); other
+        local failures raise `DownloadError`. Results expire about 3 days after the task finished.
         """
         url = _result_url(task)
         name = task.task_id if isinstance(task, Task) else None
+        raw = os.fspath(dest)
+        as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
         return await _download.fetch_to_file(
             self._http(),
             url,
-            Path(dest),
+            Path(raw),
+            as_folder=as_folder,
             name_hint=name,
             overwrite=overwrite,
             retry=self.retry,
@@ -471,6 +480,21 @@ class QubicoClient:
         assert self.upload_url is not None
         # Uploads are free and idempotent enough: retried like reads.
         return await self._transport.request(session, "POST", self.upload_url + "/api/ephemeral_resource", body=body)
+
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def _check_task_id(task_id: object) -> str:
+    """`task_id` if it is safe to put in a URL path, else `InvalidInputError` (nothing is sent)."""
+    if not isinstance(task_id, str) or _TASK_ID.fullmatch(task_id) is None:
+        shown = repr(task_id)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise InvalidInputError(
+            f"invalid task id {shown}: expected 1-200 characters of letters, digits, '_' and '-' "
+            "(the service's ids are UUIDs)"
+        )
+    return task_id
 
 
 def _check_base_url(url: str, what: str) -> str:

@@ -5,6 +5,8 @@ Messages, reprs and attributes never contain the API key or a webhook secret.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,12 +18,14 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "ClientClosedError",
+    "DownloadError",
     "InsufficientCreditError",
     "InsufficientPlanError",
     "InvalidInputError",
     "MalformedResponseError",
     "MissingApiKeyError",
     "NotFoundError",
+    "OutputExistsError",
     "PermissionDeniedError",
     "QubicoError",
     "RateLimitError",
@@ -204,3 +208,26 @@ class BudgetExceededError(QubicoError):
 
 class WebhookVerificationError(QubicoError):
     """A webhook delivery did not carry the expected secret."""
+
+
+class DownloadError(QubicoError):
+    """The result could not be saved at the destination (a local file-system error).
+
+    `path` is where it was to be written. Nothing partial is left there.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class OutputExistsError(DownloadError, FileExistsError):
+    """The destination file exists and `overwrite` was not set. Also a `FileExistsError`."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message, path=path)
+        self.errno = errno.EEXIST
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return self.strerror or ""

@@ -76,7 +76,7 @@ async def test_batch_over_a_folder(emu_c: Emulator, tmp_path: Path) -> None:
     code, output = await _cli(
         emu_c, "batch", "--swap", str(face), "--targets", str(targets), "--out", str(tmp_path / "out")
     )
-    assert code == 1 and "--resume" in output
+    assert code == 2 and "--resume" in output
     code, output = await _cli(
         emu_c, "batch", "--swap", str(face), "--targets", str(targets), "--out", str(tmp_path / "out"), "--resume"
     )
