@@ -21,7 +21,10 @@ from .errors import (
     InsufficientCreditError,
     InsufficientPlanError,
     InvalidInputError,
+    JournalClosedError,
+    JournalError,
     MalformedResponseError,
+    MalformedWebhookError,
     MissingApiKeyError,
     NotFoundError,
     OutputExistsError,
@@ -36,7 +39,7 @@ from .errors import (
     WaitTimeoutError,
     WebhookVerificationError,
 )
-from .journal import Journal, JournalError
+from .journal import Journal
 from .media import Image, ImageInput, Video, VideoInput
 from .models import (
     AccountInfo,
@@ -53,7 +56,7 @@ from .models import (
 from .polling import PollPolicy
 from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, RequestLike, VideoFaceSwap
 from .retry import RetryPolicy
-from .webhooks import MalformedWebhookError, WebhookEvent, WebhookHub
+from .webhooks import WebhookEvent, WebhookHub
 
 __all__ = [
     "APIError",
@@ -73,6 +76,7 @@ __all__ = [
     "Job",
     "JobLike",
     "Journal",
+    "JournalClosedError",
     "JournalError",
     "MalformedResponseError",
     "MalformedWebhookError",

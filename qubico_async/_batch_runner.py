@@ -22,7 +22,6 @@ from attrs import frozen
 
 from ._budget import Budget
 from ._convert import structure_task
-from ._journal_store import JournalError
 from ._pollsched import PollScheduler
 from ._uploads import UploadPolicy
 from ._webhook_hub import TaskRouter
@@ -32,6 +31,7 @@ from .errors import (
     AuthenticationError,
     InsufficientCreditError,
     InvalidInputError,
+    JournalError,
     PermissionDeniedError,
     QubicoError,
     SubmissionUncertainError,

@@ -17,6 +17,7 @@ import anyio
 
 from ._transport import Timeouts
 from .errors import (
+    APIError,
     DownloadError,
     InvalidInputError,
     MalformedResponseError,
@@ -89,7 +90,9 @@ async def _stream(
                 if resp.status >= 500:
                     raise ServerError(f"storage answered {resp.status}", status=resp.status, url=_short(url))
                 if resp.status >= 400:
-                    raise InvalidInputError(f"cannot download {_short(url)}: HTTP {resp.status}")
+                    raise APIError(
+                        f"storage refused the download: HTTP {resp.status}", status=resp.status, url=_short(url)
+                    )
                 declared = resp.content_length
                 if declared is not None and declared > max_bytes:
                     raise MalformedResponseError(f"result is {declared} bytes; the cap is {max_bytes}")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from .errors import ClientClosedError, QubicoError
+from .errors import JournalClosedError, JournalError
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x51424A4C  # "QBJL": marks the file as a qubico_async journal
@@ -57,16 +57,6 @@ _SCHEMA: Final = (
 )
 
 
-class JournalError(QubicoError):
-    """The journal could not be opened (in use by another run, not a journal, corrupt, unreadable
-    folder), read or written (disk full, I/O error, writer stopped).
-
-    Treat the call as not done. (After an I/O error during a commit SQLite may still find the
-    write on the next open; for `record_intent` that errs on the safe side: the job shows up as
-    not finished and without a task id, i.e. uncertain.)
-    """
-
-
 def _deliver(items: list[_Delivery], start: int = 0) -> None:
     """Runs on the event loop: resolve futures whose awaiting task is still interested.
 
@@ -94,13 +84,9 @@ def _post(by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]]) -> None:
 
 def _same_error(exc: BaseException) -> BaseException:
     """A fresh copy of a batch-wide error for each waiter (tracebacks are per raise)."""
-    copy: QubicoError
-    if isinstance(exc, JournalError):
-        copy = JournalError(*exc.args)
-    elif isinstance(exc, ClientClosedError):
-        copy = ClientClosedError(*exc.args)
-    else:
+    if not isinstance(exc, JournalError):
         return exc
+    copy = type(exc)(*exc.args)
     copy.__cause__ = exc.__cause__
     return copy
 
@@ -142,7 +128,7 @@ class _Writer:
             if loop is not None and fut is not None:
                 self._close_waiters.append((loop, fut))
             if self._stop_error is None:
-                self._stop_error = ClientClosedError("the journal is closed")
+                self._stop_error = JournalClosedError("the journal is closed")
                 self._queue.put((None, None, None))
             return True
 
@@ -166,7 +152,7 @@ class _Writer:
                 conn, run_lock = self._connect()
             except BaseException as exc:
                 with self._lock:
-                    self._stop_error = ClientClosedError("the journal failed to open")
+                    self._stop_error = JournalClosedError("the journal failed to open")
                 self._resolve_ready(exc)
                 return
             self._resolve_ready(None)
@@ -174,7 +160,7 @@ class _Writer:
                 self._serve(conn)
             except BaseException as exc:  # a bug or a fatal error: fail everything, never hang
                 with self._lock:
-                    if self._stop_error is None or isinstance(self._stop_error, ClientClosedError):
+                    if self._stop_error is None or isinstance(self._stop_error, JournalClosedError):
                         error = JournalError(f"the journal writer stopped: {exc!r}")
                         error.__cause__ = exc
                         self._stop_error = error
@@ -197,7 +183,7 @@ class _Writer:
         """Fail whatever is still queued, then release every aclose() waiter (last action)."""
         with self._lock:
             if self._stop_error is None:  # interpreter shutdown: nobody is left to submit
-                self._stop_error = ClientClosedError("the journal is closed")
+                self._stop_error = JournalClosedError("the journal is closed")
             self._finished = True
             waiters, self._close_waiters = self._close_waiters, []
             error = self._stop_error

@@ -22,7 +22,10 @@ __all__ = [
     "InsufficientCreditError",
     "InsufficientPlanError",
     "InvalidInputError",
+    "JournalClosedError",
+    "JournalError",
     "MalformedResponseError",
+    "MalformedWebhookError",
     "MissingApiKeyError",
     "NotFoundError",
     "OutputExistsError",
@@ -44,7 +47,8 @@ class QubicoError(Exception):
 
 
 class InvalidInputError(QubicoError, ValueError):
-    """An input was rejected before any request was sent (nothing was paid for)."""
+    """An input was rejected: by the SDK before any request was sent (nothing was paid for), or,
+    as its subclass `BadRequestError`, by the service with a 400 (no task was made either)."""
 
 
 class MissingApiKeyError(QubicoError):
@@ -68,6 +72,10 @@ class TransportError(QubicoError):
 
 class MalformedResponseError(QubicoError):
     """The service answered 2xx with a body that is not the documented shape."""
+
+
+class MalformedWebhookError(MalformedResponseError):
+    """The body is not a valid webhook delivery. An HTTP handler should answer 400, not 500."""
 
 
 class APIError(QubicoError):
@@ -231,3 +239,17 @@ class OutputExistsError(DownloadError, FileExistsError):
 
     def __str__(self) -> str:
         return self.strerror or ""
+
+
+class JournalError(QubicoError):
+    """The journal could not be opened (in use by another run, not a journal, corrupt, unreadable
+    folder), read or written (disk full, I/O error, writer stopped).
+
+    Treat the call as not done. (After an I/O error during a commit SQLite may still find the
+    write on the next open; for `record_intent` that errs on the safe side: the job shows up as
+    not finished and without a task id, i.e. uncertain.)
+    """
+
+
+class JournalClosedError(JournalError):
+    """The journal was closed (or failed to open) before this call."""

@@ -60,8 +60,8 @@ from typing import Any, Final, Literal, TypeVar, cast, get_args
 import anyio
 from attrs import frozen
 
-from ._journal_store import _JOB_COLUMNS, JournalError, _Writer
-from .errors import InvalidInputError
+from ._journal_store import _JOB_COLUMNS, _Writer
+from .errors import InvalidInputError, JournalError
 
 _T = TypeVar("_T")
 

@@ -32,7 +32,7 @@ from attrs import frozen
 from ._convert import structure_task
 from ._redaction import redact_tree
 from ._webhook_hub import TaskRouter, TaskSubscription
-from .errors import MalformedResponseError, WebhookVerificationError
+from .errors import MalformedResponseError, MalformedWebhookError, WebhookVerificationError
 from .models import Task
 from .waiting import wait_first
 
@@ -58,10 +58,6 @@ MAX_BODY_BYTES = 1 << 20
 
 _MAX_TIMESTAMP = 2**63 - 1
 _DIGITS = re.compile(r"[ \t]*[0-9]{1,19}[ \t]*")  # ASCII only: `\d` and `\s` are Unicode-wide
-
-
-class MalformedWebhookError(MalformedResponseError):
-    """The body is not a valid webhook delivery. An HTTP handler should answer 400, not 500."""
 
 
 @frozen

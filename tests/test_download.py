@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from qubico_async import (
+    APIError,
     FaceSwap,
     InvalidInputError,
     MalformedResponseError,
@@ -44,6 +45,8 @@ class Storage:
             return web.Response(status=410)
         if name.startswith("missing"):
             return web.Response(status=404)
+        if name.startswith("forbidden"):
+            return web.Response(status=403)
         resp = web.StreamResponse(headers={"Content-Type": "image/png", "Content-Length": str(len(PAYLOAD))})
         await resp.prepare(request)
         half = len(PAYLOAD) // 2
@@ -157,6 +160,17 @@ async def test_expired_results(client: QubicoClient, storage: tuple[Storage, str
     _, base = storage
     with pytest.raises(ResultExpiredError, match="3 days"):
         await client.download_bytes(_task(f"{base}/{name}"))
+
+
+async def test_a_storage_refusal_is_an_api_error_not_invalid_input(
+    client: QubicoClient, storage: tuple[Storage, str], tmp_path: Path
+) -> None:
+    """A 403 from the result host is the server's answer, not bad input (InvalidInputError means "before any request")."""
+    _, base = storage
+    with pytest.raises(APIError, match="HTTP 403") as caught:
+        await client.download(_task(f"{base}/forbidden.png"), tmp_path / "x.png")
+    assert caught.value.status == 403 and not isinstance(caught.value, InvalidInputError)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png", "javascript:alert(1)"])

@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from qubico_async.errors import ClientClosedError, InvalidInputError
+from qubico_async.errors import InvalidInputError, JournalClosedError
 from qubico_async.journal import JOB_STATES, Journal, JournalEntry, JournalError
 
 pytestmark = pytest.mark.anyio
@@ -548,9 +548,9 @@ async def test_aclose_is_idempotent_and_leaves_no_thread(tmp_path: Path) -> None
     assert j.closed and "closed" in repr(j)
     await j.aclose()
     async with j:  # entering a closed journal is harmless; using it is not
-        with pytest.raises(ClientClosedError, match="journal is closed"):
+        with pytest.raises(JournalClosedError, match="journal is closed"):
             await j.record_intent("k2", "fp")
-        with pytest.raises(ClientClosedError):
+        with pytest.raises(JournalClosedError):
             await j.load()
     assert threading.active_count() == baseline
 
@@ -576,7 +576,7 @@ async def test_concurrent_aclose_with_pending_writes(tmp_path: Path) -> None:
         try:
             await j.record_intent(f"k{i}", "fp")
             results.append("ok")
-        except ClientClosedError:
+        except JournalClosedError:
             results.append("closed")
 
     async with anyio.create_task_group() as tg:
