@@ -7,7 +7,7 @@ async with QubicoClient() as client:
 
 import logging as _logging
 
-from ._transport import Timeouts
+from ._config import Timeouts
 from ._version import __version__
 from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
 from .client import QubicoClient

@@ -25,8 +25,9 @@ from typing import Any, TextIO
 import anyio
 import anyio.to_thread
 
+from ._config import DEFAULT_BASE_URL, env_api_key
 from .batch import Job, Progress
-from .client import _ENV_KEYS, DEFAULT_BASE_URL, QubicoClient
+from .client import QubicoClient
 from .errors import InvalidInputError, QubicoError
 from .media import Image
 from .models import Task
@@ -162,7 +163,7 @@ def _is_remote(value: str) -> bool:
 
 def _preflight(args: argparse.Namespace) -> list[tuple[str, str | None, str | None]]:
     """Everything that would make every job fail, checked before a journal exists (in a thread)."""
-    if not any(os.environ.get(k) for k in _ENV_KEYS):
+    if env_api_key() is None:
         raise _Preflight("no API key: set QUBICO_API_KEY (or PIAPI_API_KEY) in the environment")
     if args.concurrency is not None and args.concurrency < 1:
         raise _Preflight(f"--concurrency must be at least 1, got {args.concurrency}")

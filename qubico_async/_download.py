@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from ._transport import Timeouts
+from ._config import Timeouts, is_http_url
 from .errors import (
     APIError,
     DownloadError,
@@ -47,8 +47,7 @@ _EXPIRED = "the result at {url} is gone ({status}): results are kept about 3 day
 
 
 def _check_url(url: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if not is_http_url(url):
         raise InvalidInputError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
 
 

@@ -19,8 +19,8 @@ from typing import Any, Literal, cast
 
 import aiohttp
 import anyio
-from attrs import field, frozen, validators
 
+from ._config import Timeouts
 from ._rate import RateController
 from ._redaction import redact_tree
 from ._version import __version__
@@ -88,28 +88,6 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
-
-
-def _positive_or_none(_: object, attribute: Any, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
-
-
-@frozen
-class Timeouts:
-    """Per-request timeouts in seconds: `connect`, `read` (the longest silence while waiting for
-    bytes) and `total` (the whole request, body upload and answer included; None: no limit).
-
-    The default `total` of 120 s bounds a server that answers a byte at a time; a create cut by
-    it is reported uncertain (it may have made a task), never resent unasked.
-    """
-
-    connect: float = field(default=10.0, validator=validators.gt(0))
-    read: float = field(default=60.0, validator=validators.gt(0))
-    total: float | None = field(default=120.0, validator=_positive_or_none)
-
-    def to_aiohttp(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.total, sock_connect=self.connect, sock_read=self.read)
 
 
 def fingerprint(payload: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from attrs import field, frozen, validators
 
 from .models import Task, Usage
-from .requests import FaceSwap, MultiFaceSwap, RawTask, Request, RequestLike, VideoFaceSwap, coerce_request
+from .requests import VIDEO_MODEL, FaceSwap, MultiFaceSwap, RawTask, Request, RequestLike, VideoFaceSwap, coerce_request
 
 __all__ = ["BatchReport", "Job", "JobLike", "Outcome", "OutcomeStatus", "Prices", "Progress"]
 
@@ -97,7 +97,7 @@ class Prices:
         if isinstance(request, FaceSwap):
             return self.face_swap
         assert isinstance(request, RawTask)
-        if request.model == "Qubico/video-toolkit":
+        if request.model == VIDEO_MODEL:
             return self.video_per_frame * self.max_video_frames
         return self.multi_face_swap if request.task_type == "multi-face-swap" else self.face_swap
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._batch_cli import add_parser as add_batch_parser
 from ._batch_cli import resume_hint, run_batch
-from .client import DEFAULT_BASE_URL
+from ._config import DEFAULT_BASE_URL
 from .errors import QubicoError
 
 __all__ = ["main"]

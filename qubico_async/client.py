@@ -19,9 +19,18 @@ import attrs
 
 from . import _download
 from ._batch_runner import BatchRun, BatchServices
+from ._config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_UPLOAD_URL,
+    Timeouts,
+    env_api_key,
+    env_base_url,
+    env_upload_url,
+    is_http_url,
+)
 from ._convert import structure_account, structure_task
 from ._payloads import MediaSender, coerce_media, encode_json
-from ._transport import Secret, Timeouts, Transport
+from ._transport import Secret, Transport
 from ._uploads import UploadPolicy, content_digest
 from .batch import JobLike, Prices, Progress
 from .errors import (
@@ -43,13 +52,10 @@ from .webhooks import WebhookHub
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
 
-DEFAULT_BASE_URL = "https://api.piapi.ai"
-DEFAULT_UPLOAD_URL = "https://upload.theapi.app"
 DEFAULT_MAX_CONNECTIONS = 64
 WEBHOOK_FALLBACK_POLL = PollPolicy(initial=10.0, factor=1.5, max_interval=60.0, jitter=0.2)
 """With webhooks the poll is only a safety net for lost deliveries: slow and cheap."""
 logger = logging.getLogger("qubico_async")
-_ENV_KEYS = ("QUBICO_API_KEY", "PIAPI_API_KEY")
 
 _State = Literal["new", "open", "closed"]
 
@@ -83,12 +89,12 @@ class QubicoClient:
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
-        key = api_key if api_key is not None else next(filter(None, map(os.environ.get, _ENV_KEYS)), None)
+        key = api_key if api_key is not None else env_api_key()
         self._api_key = Secret(key) if key else None
         if base_url is None:
-            base_url = os.environ.get("QUBICO_BASE_URL") or DEFAULT_BASE_URL
+            base_url = env_base_url()
         if upload_url is None:
-            upload_url = os.environ.get("QUBICO_UPLOAD_URL") or None
+            upload_url = env_upload_url()
         self.base_url = _check_base_url(base_url, "base_url")
         if upload_url is None and self.base_url == DEFAULT_BASE_URL:
             upload_url = DEFAULT_UPLOAD_URL
@@ -498,8 +504,7 @@ def _check_task_id(task_id: object) -> str:
 
 
 def _check_base_url(url: str, what: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if not is_http_url(url):
         raise InvalidInputError(f"{what} must be an http(s) URL, got {url!r}")
     return url.rstrip("/")
 

@@ -25,6 +25,7 @@ import anyio
 import anyio.to_thread
 from attrs import field, frozen
 
+from ._config import is_http_url
 from ._mediainfo import (
     MAX_IMAGE_SIDE,
     MAX_MEDIA_BYTES,
@@ -82,9 +83,9 @@ class _Media:
     @classmethod
     def from_url(cls: type[M], url: str) -> M:
         """A URL the service fetches itself; checked for scheme and extension, never fetched here."""
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        if not is_http_url(url):
             raise InvalidInputError(f"{url!r}: a {cls.KIND} URL must be http:// or https://")
+        parsed = urllib.parse.urlsplit(url)
         ext = posixpath.splitext(urllib.parse.unquote(parsed.path))[1].lower()
         if ext not in cls.URL_EXTENSIONS:
             allowed = "/".join(cls.URL_EXTENSIONS)

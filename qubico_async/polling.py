@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
 
-from attrs import Attribute, field, frozen, validators
+from attrs import field, frozen, validators
 
+from ._config import positive_or_none
 from .models import Task
 from .requests import VIDEO_MODEL
 
 __all__ = ["PollPolicy"]
-
-
-def _positive_or_none(_: object, attribute: Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
 
 
 @frozen
@@ -33,8 +28,8 @@ class PollPolicy:
     factor: float = field(default=1.5, validator=validators.ge(1))
     max_interval: float = field(default=15.0, validator=validators.ge(0))
     jitter: float = field(default=0.1, validator=[validators.ge(0), validators.le(1)])
-    timeout: float | None = field(default=300.0, validator=_positive_or_none)
-    video_timeout: float | None = field(default=1800.0, validator=_positive_or_none)
+    timeout: float | None = field(default=300.0, validator=positive_or_none)
+    video_timeout: float | None = field(default=1800.0, validator=positive_or_none)
 
     @classmethod
     def instant(cls, timeout: float | None = 30.0) -> PollPolicy:

@@ -47,11 +47,11 @@ from qubico_async import (
     ServerError,
     SubmissionUncertainError,
     Task,
+    Timeouts,
     TransportError,
     WebhookConfig,
     WebhookVerificationError,
 )
-from qubico_async._transport import Timeouts
 from qubico_async.journal import Journal
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import MalformedWebhookError, WebhookHub
