@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
@@ -30,7 +31,7 @@ from .models import (
     WebhookConfig,
 )
 
-__all__ = ["converter", "structure_account", "structure_task"]
+__all__ = ["converter", "structure_account", "structure_task", "unstructure_task_record"]
 
 T = TypeVar("T")
 
@@ -267,3 +268,21 @@ def structure_task(data: Any) -> Task:
 
 def structure_account(data: Any) -> AccountInfo:
     return _structure(data, AccountInfo, "account info")
+
+
+def unstructure_task_record(task: Task) -> dict[str, Any]:
+    """What the journal keeps of a finished task, the inverse of `structure_task` for those fields.
+
+    Enough to replay the outcome (id, status, result URLs, error, usage); never `config` (it may
+    hold the webhook secret), `input` or `output.extra` (media, possibly megabytes) or `logs`.
+    """
+    output = task.output
+    return {
+        "task_id": task.task_id,
+        "model": task.model,
+        "task_type": task.task_type,
+        "status": task.status.value,
+        "output": None if output is None else {"image_url": output.image_url, "video_url": output.video_url},
+        "error": None if task.error is None else converter.unstructure(attrs.evolve(task.error, detail=None)),
+        "meta": {"usage": None if task.meta.usage is None else converter.unstructure(task.meta.usage)},
+    }

@@ -18,7 +18,8 @@ import aiohttp
 import attrs
 
 from . import _download
-from ._batch_runner import BatchRun, BatchServices
+from ._batch_job import BatchServices
+from ._batch_runner import BatchRun
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_UPLOAD_URL,

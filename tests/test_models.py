@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -224,3 +225,28 @@ def test_account_info_tolerates_missing_and_alias_keys() -> None:
     assert info.max_concurrent_task_count is None
     with pytest.raises(MalformedResponseError):
         structure_account(["not", "an", "object"])
+
+
+def test_the_journal_record_round_trips_through_the_converter() -> None:
+    from qubico_async._convert import structure_task, unstructure_task_record
+
+    doc = {
+        "task_id": "t-1",
+        "model": "Qubico/image-toolkit",
+        "task_type": "face-swap",
+        "status": "failed",
+        "config": {"webhook_config": {"endpoint": "http://127.0.0.1:9/h", "secret": "s3cret-value"}},
+        "input": {"target_image": "x" * 1000},
+        "output": {"image_url": "http://127.0.0.1:9/r.png", "image_base64": "y" * 1000},
+        "meta": {"usage": {"type": "point", "frozen": 0, "consume": 2000000}},
+        "error": {"code": 10000, "message": "failed", "raw_message": "no face", "detail": {"big": "z" * 100}},
+        "logs": ["l" * 1000],
+    }
+    task = structure_task(doc)
+    record = unstructure_task_record(task)
+    text = json.dumps(record)
+    assert "s3cret-value" not in text and "x" * 100 not in text and "y" * 100 not in text and "l" * 100 not in text
+    again = structure_task(record)
+    assert again.error == task.error.__class__(code=10000, message="failed", raw_message="no face")  # type: ignore[union-attr]
+    assert again.meta.usage == task.meta.usage and again.image_url == task.image_url
+    assert again.status is task.status
