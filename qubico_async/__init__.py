@@ -8,6 +8,7 @@ async with QubicoClient() as client:
 import logging as _logging
 
 from ._config import Timeouts
+from ._http import HTTPRequest, HTTPResponse, HTTPTransport, MockTransport
 from ._version import __version__
 from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
 from .client import QubicoClient
@@ -68,6 +69,9 @@ __all__ = [
     "ClientClosedError",
     "DownloadError",
     "FaceSwap",
+    "HTTPRequest",
+    "HTTPResponse",
+    "HTTPTransport",
     "Image",
     "ImageInput",
     "InsufficientCreditError",
@@ -81,6 +85,7 @@ __all__ = [
     "MalformedResponseError",
     "MalformedWebhookError",
     "MissingApiKeyError",
+    "MockTransport",
     "MultiFaceSwap",
     "NotFoundError",
     "Outcome",

@@ -6,9 +6,7 @@ request is a read (retry freely) or the paid create (retry only when provably no
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
 import json
 import logging
 import random
@@ -21,6 +19,8 @@ import aiohttp
 import anyio
 
 from ._config import Timeouts
+from ._http import AiohttpTransport, HTTPRequest, HTTPTransport
+from ._http import path as _path
 from ._rate import RateController
 from ._redaction import redact_tree
 from ._version import __version__
@@ -62,7 +62,6 @@ _MAX_SECRETS = 64
 _NOT_JSON = object()
 
 RequestKind = Literal["read", "create"]
-_STREAM_BODY_BYTES = 512 * 1024
 
 _STATUS_CLASSES: dict[int, type[APIError]] = {
     400: BadRequestError,
@@ -171,7 +170,10 @@ class Transport:
         retry: RetryPolicy,
         timeouts: Timeouts,
         limiter: RateController | None = None,
+        http: HTTPTransport | None = None,
+        session: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
+        """`http` sends each request; by default an `AiohttpTransport` over `session()`."""
         self._api_key = api_key
         self._secrets: dict[str, None] = {}  # webhook secrets sent in creates, newest last
         self.retry = retry
@@ -180,6 +182,11 @@ class Transport:
         self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0}
         self._rng = random.Random()
         self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"
+        if http is None:
+            if session is None:
+                raise TypeError("Transport needs an HTTPTransport or a session getter")
+            http = AiohttpTransport(session, self._redact)
+        self._http = http
 
     def _headers(self, has_body: bool) -> dict[str, str]:
         headers = {"User-Agent": self._user_agent, "Accept": "application/json"}
@@ -215,7 +222,6 @@ class Transport:
 
     async def request(
         self,
-        session: aiohttp.ClientSession,
         method: str,
         url: str,
         *,
@@ -238,7 +244,7 @@ class Transport:
             sent_at = time.time()
             self.requests_sent[kind] += 1
             try:
-                return await self._send_once(session, method, url, body)
+                return await self._send_once(method, url, body)
             except (TransportError, APIError, MalformedResponseError) as exc:
                 if isinstance(exc, RateLimitError):
                     pause = exc.retry_after if self.retry.respect_retry_after else None
@@ -277,40 +283,13 @@ class Transport:
             return True
         return resubmit_uncertain and (is_uncertain_create(exc) or isinstance(exc, MalformedResponseError))
 
-    async def _send_once(
-        self, session: aiohttp.ClientSession, method: str, url: str, body: bytes | None
-    ) -> dict[str, Any]:
+    async def _send_once(self, method: str, url: str, body: bytes | None) -> dict[str, Any]:
         started = time.monotonic()
-        failure: TransportError | None = None
-        try:
-            async with session.request(
-                method,
-                url,
-                # Big bodies go as a stream: aiohttp would otherwise copy them on the event loop.
-                data=io.BytesIO(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
-                headers=self._headers(body is not None),
-                timeout=self.timeouts.to_aiohttp(),
-                allow_redirects=False,
-            ) as resp:
-                if 200 <= resp.status < 300:
-                    raw = await _read_capped(resp, MAX_RESPONSE_BYTES)
-                else:  # an error is classified by its status, whatever the size of its page
-                    raw = await _read_capped(resp, _ERROR_BODY_BYTES, truncate=True)
-                status, reason, headers = resp.status, resp.reason or "", resp.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            failure = TransportError(
-                f"could not connect to {_origin(url)}: {self._redact(str(exc)) or type(exc).__name__}",
-                sent=False,
-            )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            failure = TransportError(f"{method} {_path(url)} timed out waiting for the response")
-        except aiohttp.ClientError as exc:
-            detail = self._redact(str(exc)) or type(exc).__name__
-            failure = TransportError(f"{method} {_path(url)} failed: {detail}")
-        if failure is not None:
-            # Raised outside the handler, so the aiohttp error is not kept as `__context__`: its
-            # `request_info` holds the request headers, the API key included.
-            raise failure
+        request = HTTPRequest(method, url, self._headers(body is not None), body)
+        resp = await self._http.send(
+            request, timeouts=self.timeouts, max_body=MAX_RESPONSE_BYTES, max_error_body=_ERROR_BODY_BYTES
+        )
+        status, raw, reason, headers = resp.status, resp.body, resp.reason, resp.headers
         elapsed = (time.monotonic() - started) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, _path(url), status, elapsed)
         if not 200 <= status < 300:
@@ -328,21 +307,6 @@ class Transport:
             return cast(dict[str, Any], redact_tree(value, (key, *self._secrets)))
         except RecursionError:
             raise MalformedResponseError("response nested too deeply") from None
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
-    """The body, at most `cap` bytes: over it, the first `cap` bytes if `truncate`, else an error."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > cap:
-            if truncate:  # the rest is never read: aiohttp closes the connection instead of reusing it
-                chunks.append(chunk[: len(chunk) - (size - cap)])
-                break
-            raise MalformedResponseError(f"response body larger than {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _decode_envelope(
@@ -399,13 +363,3 @@ def _warn_task_with_error(
         redact(str(data.get("task_id")))[:64],
         redact(str(data.get("status")))[:32],
     )
-
-
-def _origin(url: str) -> str:
-    parts = url.split("/", 3)
-    return "/".join(parts[:3]) if len(parts) >= 3 else url
-
-
-def _path(url: str) -> str:
-    parts = url.split("/", 3)
-    return "/" + parts[3] if len(parts) == 4 else url

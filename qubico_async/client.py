@@ -30,6 +30,7 @@ from ._config import (
     is_http_url,
 )
 from ._convert import structure_account, structure_task
+from ._http import HTTPTransport
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Transport
 from ._uploads import UploadPolicy, content_digest
@@ -67,6 +68,8 @@ class QubicoClient:
         async with QubicoClient() as client:
             task = await client.face_swap("target.jpg", "face.png")
 
+    `transport` replaces the HTTP layer of API calls (e.g. `MockTransport(handler)` in unit
+    tests); retries, redaction and the create's safety rules still apply on top of it.
     `base_url` and `upload_url` default to `QUBICO_BASE_URL` / `QUBICO_UPLOAD_URL` when set (an
     explicit argument wins), else the real service.
     The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
@@ -87,6 +90,7 @@ class QubicoClient:
         poll: PollPolicy | None = None,
         timeout: float | Timeouts | None = None,
         webhooks: WebhookHub | None = None,
+        transport: HTTPTransport | None = None,
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
@@ -108,7 +112,9 @@ class QubicoClient:
             timeouts = timeout
         else:
             timeouts = Timeouts(read=timeout or 60.0, total=max(120.0, 2 * (timeout or 60.0)))
-        self._transport = Transport(api_key=self._api_key, retry=self.retry, timeouts=timeouts)
+        self._transport = Transport(
+            api_key=self._api_key, retry=self.retry, timeouts=timeouts, http=transport, session=self._http
+        )
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
         self._state: _State = "new"
@@ -168,9 +174,9 @@ class QubicoClient:
             )
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        session = self._http()
+        self._http()  # open, not closed
         self._require_key()
-        return await self._transport.request(session, method, self.base_url + path, **kwargs)
+        return await self._transport.request(method, self.base_url + path, **kwargs)
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -368,6 +374,11 @@ class QubicoClient:
         """Balance, plan and concurrency limit of the API key's account."""
         return structure_account(_data(await self._request("GET", "/account/info"), "account info"))
 
+    @property
+    def requests_sent(self) -> Mapping[str, int]:
+        """API requests this client sent so far, by kind: `create` (the paid POST) and `read`."""
+        return dict(self._transport.requests_sent)
+
     def _requests_sent(self) -> Mapping[str, int]:
         return {
             "create": self._transport.requests_sent["create"],
@@ -482,11 +493,11 @@ class QubicoClient:
         return await self._media.upload(loaded, await content_digest(loaded.data))
 
     async def _post_upload(self, body: bytes) -> dict[str, Any]:
-        session = self._http()
+        self._http()
         self._require_key()
         assert self.upload_url is not None
         # Uploads are free and idempotent enough: retried like reads.
-        return await self._transport.request(session, "POST", self.upload_url + "/api/ephemeral_resource", body=body)
+        return await self._transport.request("POST", self.upload_url + "/api/ephemeral_resource", body=body)
 
 
 _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")

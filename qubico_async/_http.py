@@ -1,0 +1,162 @@
+"""The HTTP seam: one request in, one response (or a `TransportError`) out.
+
+`HTTPTransport` is what the retry loop (`_transport.Transport`) sends through. `AiohttpTransport`
+is the real one (the client's session, capped reads, aiohttp errors mapped to `TransportError`
+with `sent` telling whether the request can have left the machine). `MockTransport` answers from
+a function, for unit tests without a server, like httpx's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import aiohttp
+from attrs import field, frozen
+
+from ._config import Timeouts
+from .errors import MalformedResponseError, TransportError
+
+__all__ = ["AiohttpTransport", "HTTPRequest", "HTTPResponse", "HTTPTransport", "MockTransport"]
+
+_STREAM_BODY_BYTES = 512 * 1024
+"""Bodies above this go to aiohttp as a stream: it would otherwise copy them on the event loop."""
+
+
+@frozen
+class HTTPRequest:
+    """One request as sent: `headers` include the `x-api-key` (never logged or shown)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(factory=dict, repr=False)
+    body: bytes | None = field(default=None, repr=False)
+
+
+@frozen
+class HTTPResponse:
+    """One answer: its status, headers and (capped) body bytes."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(factory=dict)
+    reason: str = ""
+
+    @classmethod
+    def json(cls, status: int, text: str, headers: Mapping[str, str] | None = None) -> HTTPResponse:
+        """A JSON answer (for `MockTransport` handlers)."""
+        return cls(status, text.encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+class HTTPTransport(Protocol):
+    """Sends one request. Reads at most `max_body` bytes of a 2xx body (more is an error) and at
+    most `max_error_body` of any other (the rest is dropped). Raises `TransportError` when no
+    response came: `sent=False` only when the request provably never left this machine."""
+
+    async def send(
+        self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse: ...
+
+
+class AiohttpTransport:
+    """The real transport, over the session `session()` returns (the client owns it)."""
+
+    def __init__(self, session: Callable[[], aiohttp.ClientSession], redact: Callable[[str], str]) -> None:
+        self._session = session
+        self._redact = redact
+
+    async def send(
+        self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse:
+        body = request.body
+        failure: TransportError | None = None
+        try:
+            async with self._session().request(
+                request.method,
+                request.url,
+                data=io.BytesIO(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
+                headers=dict(request.headers),
+                timeout=timeouts.to_aiohttp(),
+                allow_redirects=False,
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    raw = await _read_capped(resp, max_body)
+                else:  # an error is classified by its status, whatever the size of its page
+                    raw = await _read_capped(resp, max_error_body, truncate=True)
+                return HTTPResponse(resp.status, raw, resp.headers, resp.reason or "")
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            failure = TransportError(
+                f"could not connect to {origin(request.url)}: {self._redact(str(exc)) or type(exc).__name__}",
+                sent=False,
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            failure = TransportError(f"{request.method} {path(request.url)} timed out waiting for the response")
+        except aiohttp.ClientError as exc:
+            detail = self._redact(str(exc)) or type(exc).__name__
+            failure = TransportError(f"{request.method} {path(request.url)} failed: {detail}")
+        # Raised outside the handler, so the aiohttp error is not kept as `__context__`: its
+        # `request_info` holds the request headers, the API key included.
+        raise failure
+
+
+Handler = Callable[[HTTPRequest], "HTTPResponse | Awaitable[HTTPResponse]"]
+
+
+class MockTransport:
+    """Answers every request with `handler(request)` (sync or async); records what was sent.
+
+    ```python
+    def handler(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse.json(200, '{"code": 200, "data": {"task_id": "t", "status": "pending"}}')
+
+    async with QubicoClient(api_key="k", transport=MockTransport(handler)) as client:
+        task = await client.submit(FaceSwap("https://x.test/a.jpg", "https://x.test/b.png"))
+    ```
+
+    A handler may raise `TransportError` to play a lost connection. The caps apply as on the wire.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[HTTPRequest] = []
+        """Every request sent, in order."""
+
+    async def send(
+        self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse:
+        self.requests.append(request)
+        answer = self._handler(request)
+        response = await answer if inspect.isawaitable(answer) else answer
+        if 200 <= response.status < 300 and len(response.body) > max_body:
+            raise MalformedResponseError(f"response body larger than {max_body} bytes")
+        if not 200 <= response.status < 300 and len(response.body) > max_error_body:
+            response = HTTPResponse(response.status, response.body[:max_error_body], response.headers, response.reason)
+        return response
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, *, truncate: bool = False) -> bytes:
+    """The body, at most `cap` bytes: over it, the first `cap` bytes if `truncate`, else an error."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            if truncate:  # the rest is never read: aiohttp closes the connection instead of reusing it
+                chunks.append(chunk[: len(chunk) - (size - cap)])
+                break
+            raise MalformedResponseError(f"response body larger than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def origin(url: str) -> str:
+    parts = url.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) >= 3 else url
+
+
+def path(url: str) -> str:
+    parts = url.split("/", 3)
+    return "/" + parts[3] if len(parts) == 4 else url
