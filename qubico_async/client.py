@@ -377,7 +377,7 @@ class QubicoClient:
     @property
     def requests_sent(self) -> Mapping[str, int]:
         """API requests this client sent so far, by kind: `create` (the paid POST) and `read`."""
-        return dict(self._transport.requests_sent)
+        return {str(kind): count for kind, count in self._transport.requests_sent.items()}
 
     def _requests_sent(self) -> Mapping[str, int]:
         return {
