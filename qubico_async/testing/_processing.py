@@ -264,7 +264,14 @@ class TaskRunner:
             async with self._session.get(url, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise _InputFailure(failed, f"GET {url}: HTTP {resp.status}")
-                data = await resp.content.read(MAX_BYTES + 1)
+                chunks, size = [], 0
+                while size <= MAX_BYTES:  # stop reading as soon as the file is over the limit
+                    chunk = await resp.content.read(256 * 1024)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                data = b"".join(chunks)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise _InputFailure(failed, f"GET {url}: {type(exc).__name__}: {exc}") from None
         if len(data) > MAX_BYTES:
