@@ -51,7 +51,7 @@ def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.Argu
         help="realistic: each task in one of the shapes real responses show; plain: one clean shape",
     )
     parser.add_argument(
-        "--balance-usd", type=float, default=100.0, help="account credit; creates it cannot cover are refused"
+        "--balance-usd", type=float, default=1000.0, help="account credit; creates it cannot cover are refused"
     )
     return parser
 
@@ -69,7 +69,7 @@ async def serve_forever(
     seed: int = 0,
     max_concurrent_task_count: int = 10,
     wire: WireName = "realistic",
-    balance_usd: float = 100.0,
+    balance_usd: float = 1000.0,
     ready: Callable[[Emulator], None] | None = None,
 ) -> None:
     """Run an emulator until cancelled. `ready` (default: print the URLs, key and engine) is called

@@ -97,7 +97,7 @@ class Emulator:
         task_transform: TaskTransform | None = None,
         max_concurrent_task_count: int = 10,
         max_image_toolkit_concurrency: int | None = None,
-        balance_usd: float = 100.0,
+        balance_usd: float = 1000.0,
         wire: WireName = "realistic",
     ) -> None:
         if pending_seconds < 0 or processing_seconds < 0:

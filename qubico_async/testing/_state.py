@@ -229,6 +229,8 @@ class StoredTask:
     shape: WireShape = field(factory=WireShape.plain)
     refused: bool = False
     """Refused at create for credit: failed at once, never started, nothing consumed."""
+    held_points: int = 0
+    """Points frozen for this task while it runs (its price when created)."""
 
     @property
     def started_at(self) -> float:
@@ -253,15 +255,6 @@ class StoredTask:
     @property
     def cost_points(self) -> int:
         return PRICES[self.model, self.task_type].points(self.frames)
-
-    @property
-    def frozen_points(self) -> int:
-        """Points this task holds frozen now: its price while it is pending or processing."""
-        return 0 if self.is_terminal else self.cost_points
-
-    @property
-    def consumed_points(self) -> int:
-        return self.cost_points if self.status == "completed" else 0
 
 
 @frozen
@@ -303,9 +296,16 @@ class TaskStore:
         self._tasks: dict[str, StoredTask] = {}
         self._stats = stats
         self.on_change: Callable[[StoredTask], None] | None = None
+        self.frozen_points = 0
+        """Points held by pending and processing tasks."""
+        self.consumed_points = 0
+        """Points consumed by completed tasks."""
 
     def add(self, task: StoredTask) -> None:
         self._tasks[task.task_id] = task
+        if not task.is_terminal:
+            task.held_points = task.cost_points
+            self.frozen_points += task.held_points
         self._stats.creates += 1
         by_status = self._stats.tasks_by_status
         by_status[task.status] = by_status.get(task.status, 0) + 1
@@ -320,7 +320,12 @@ class TaskStore:
         if not by_status[task.status]:
             del by_status[task.status]
         by_status[status] = by_status.get(status, 0) + 1
+        was_terminal = task.is_terminal
         task.status = status
+        if task.is_terminal and not was_terminal:
+            self.frozen_points -= task.held_points
+            if status == "completed":
+                self.consumed_points += task.cost_points
         if self.on_change is not None:
             self.on_change(task)
 
@@ -341,8 +346,7 @@ def account_info(
     tasks: TaskStore, balance_usd: float, max_concurrent_task_count: int, max_image_toolkit_concurrency: int | None
 ) -> dict[str, Any]:
     """`GET /account/info` data: the balance less what completed tasks consumed and running ones froze."""
-    spent = sum(t.consumed_points for t in tasks)
-    frozen = sum(t.frozen_points for t in tasks)
+    spent, frozen = tasks.consumed_points, tasks.frozen_points
     total = round(balance_usd * POINTS_PER_USD)
     remaining = max(0, total - spent - frozen)
     info: dict[str, Any] = {
@@ -366,8 +370,7 @@ def account_info(
 
 def points_available(tasks: TaskStore, balance_usd: float) -> int:
     """Points a new task could freeze now."""
-    total = round(balance_usd * POINTS_PER_USD)
-    return total - sum(t.consumed_points + t.frozen_points for t in tasks)
+    return round(balance_usd * POINTS_PER_USD) - tasks.consumed_points - tasks.frozen_points
 
 
 def new_task_id() -> str:
