@@ -467,7 +467,9 @@ async def test_task_transform_and_envelope_code(http: aiohttp.ClientSession) -> 
 
 
 async def test_account_info(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, wire="plain", processor=identity, max_concurrent_task_count=3, balance_usd=1.0) as emu:
+    async with Emulator(
+        api_key=KEY, wire="plain", processor=identity, max_concurrent_task_count=3, balance_usd=1.0
+    ) as emu:
         api = Api(http, emu)
         status, body, _ = await api.account()
         assert status == 200 and body["code"] == 200 and body["message"] == "success"
@@ -575,7 +577,9 @@ async def test_create_then_stall(http: aiohttp.ClientSession) -> None:
 
 
 async def test_create_then_stall_short_stall_then_answers(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_stall=1, stall_seconds=0.05)) as emu:
+    async with Emulator(
+        api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_stall=1, stall_seconds=0.05)
+    ) as emu:
         status, body, _ = await Api(http, emu).create(face_swap_body())
         assert status == 200 and body["data"]["status"] == "pending"
 

@@ -326,4 +326,7 @@ async def test_urls_off_loopback_or_unreachable_fail_the_task(http: aiohttp.Clie
         failed = await run_task(http, emu, image_task(url))
         only = f"the emulator only fetches loopback URLs (got host {host})"
         assert failed["status"] == "failed"
-        assert (failed["error"]["message"], failed["error"]["raw_message"]) == (f"failed to get valid image: {only}", only)
+        assert (failed["error"]["message"], failed["error"]["raw_message"]) == (
+            f"failed to get valid image: {only}",
+            only,
+        )

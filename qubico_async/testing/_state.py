@@ -79,7 +79,7 @@ class WireShape:
     logs_null: bool = False
     input_null: bool = False
     output_extras: bool = False
-    """`output` carries `image_base64: ""` (image) or `image_url: ""` (video) beside the URL."""
+    """`output` carries `image_base64: ""` beside the URL."""
     meta_extras: bool = False
     """`meta` carries `model_version`, `process_mode`, `failover_triggered`."""
     zero_times: bool = False
@@ -385,7 +385,7 @@ def task_to_wire(task: StoredTask, base_url: str, clock: Clock) -> dict[str, Any
         url = f"{base_url}/results/{task.result_name}"
         output = {"video_url": url} if task.is_video else {"image_url": url}
         if shape.output_extras:
-            output.update({"image_url": ""} if task.is_video else {"image_base64": ""})
+            output["image_base64"] = ""
 
     meta: dict[str, Any] = {}
     if task.status != "pending" or shape.zero_times:
