@@ -9,6 +9,7 @@ decode is not an image" (the service answers "failed to get valid image", §9.2)
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -109,3 +110,27 @@ async def test_opencv_decoding_is_really_consulted(emu: Emulator, monkeypatch: p
     assert not accepted and "does not decode" in why
     monkeypatch.setattr(_imagecheck, "_opencv", lambda: None)
     assert (await emulator_accepts(emu, broken))[0]
+
+
+def test_the_emulator_reader_only_ever_raises_media_rejected(corpus: dict[str, bytes]) -> None:
+    """Hostile bytes (every corpus file cut short and with bytes flipped) never raise anything else."""
+    import random
+
+    rng = random.Random(0)
+    small = [data for data in corpus.values() if 0 < len(data) < 20_000]
+    small.append(build("jpeg-cmyk"))
+    tried = 0
+    for data in small:
+        variants = [data[:cut] for cut in range(0, len(data), max(1, len(data) // 60))]
+        for _ in range(30):
+            flipped = bytearray(data)
+            for _ in range(3):
+                flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+            variants.append(bytes(flipped))
+        for variant in variants:
+            tried += 1
+            with contextlib.suppress(_imagecheck.MediaRejected):
+                _imagecheck.judge_image(variant)
+            with contextlib.suppress(_imagecheck.MediaRejected):
+                _imagecheck.read_video(variant)
+    assert tried > 1000

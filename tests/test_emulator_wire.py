@@ -201,3 +201,15 @@ async def test_a_failed_task_frees_its_frozen_points(http: aiohttp.ClientSession
         assert done["data"]["status"].lower() == "completed"
         _, refused = await create(http, emu)  # now it is spent
         assert refused["code"] == 500
+
+
+def test_wire_switch_on_the_constructor_and_the_command_line() -> None:
+    from qubico_async.testing._cli import build_parser
+
+    with pytest.raises(ValueError, match="wire"):
+        Emulator(wire="fancy")  # type: ignore[arg-type]
+    args = build_parser().parse_args(["--wire", "plain", "--balance-usd", "0.05"])
+    assert (args.wire, args.balance_usd) == ("plain", 0.05)
+    assert build_parser().parse_args([]).wire == "realistic"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--wire", "fancy"])
