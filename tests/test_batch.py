@@ -33,9 +33,14 @@ pytestmark = pytest.mark.anyio
 
 
 def png(i: int, size: int = 64) -> bytes:
-    """A distinct valid PNG per i (the emulator checks headers; content only has to differ)."""
+    """A distinct valid PNG per i (a whole image, then a tag after IEND so the bytes differ)."""
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    pixels = zlib.compress(bytes(size * (1 + 3 * size)))  # a whole, decodable black image
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     return head + f"job-{i}".encode()
 
 
@@ -323,7 +328,11 @@ from qubico_async import FaceSwap, PollPolicy, QubicoClient
 
 def png(i, size=64):
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    pixels = zlib.compress(bytes(size * (1 + 3 * size)))  # a whole, decodable black image
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     return head + f"job-{i}".encode()
 
 # Test instrumentation: say when a job enters and leaves the "intent without task id" window.

@@ -136,7 +136,7 @@ class Api:
 
 
 async def test_create_then_statuses_follow_the_clock(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, pending_seconds=5, processing_seconds=10) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, pending_seconds=5, processing_seconds=10) as emu:
         api = Api(http, emu)
         hook = {"endpoint": "https://example.com/hook", "secret": "s3cr3t"}
         status, body, headers = await api.create(
@@ -166,14 +166,14 @@ async def test_create_then_statuses_follow_the_clock(http: aiohttp.ClientSession
         meta = processing["meta"]
         assert meta["created_at"].endswith("Z") and meta["started_at"].endswith("Z")
         assert "ended_at" not in meta
-        assert meta["usage"] == {"type": "point", "frozen": 0.01, "consume": 0}
+        assert meta["usage"] == {"type": "point", "frozen": 1_000_000, "consume": 0}  # points, not USD
         assert meta["is_using_private_pool"] is False
         assert emu.stats.tasks_by_status == {"processing": 1}
 
         emu.advance(10)
         done = await api.task(task_id)
         assert done["status"] == "completed"
-        assert done["meta"]["usage"] == {"type": "point", "frozen": 0, "consume": 0.01}
+        assert done["meta"]["usage"] == {"type": "point", "frozen": 1_000_000, "consume": 1_000_000}
         assert done["meta"]["ended_at"].endswith("Z")
         assert done["config"]["webhook_config"] == hook
         url = done["output"]["image_url"]
@@ -189,7 +189,7 @@ async def test_create_then_statuses_follow_the_clock(http: aiohttp.ClientSession
 
 
 async def test_zero_durations_complete_on_first_get(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         _, body, _ = await api.create(face_swap_body())
         assert body["data"]["status"] == "pending"  # the create answer is always the task as created
@@ -199,7 +199,7 @@ async def test_zero_durations_complete_on_first_get(http: aiohttp.ClientSession)
 
 
 async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         body = {
             "model": IMAGE,
@@ -214,7 +214,7 @@ async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) ->
         task_id = await api.new_task(body)
         done = await api.task(task_id)
         assert done["task_type"] == "multi-face-swap"
-        assert done["meta"]["usage"]["consume"] == 0.015
+        assert done["meta"]["usage"]["consume"] == 1_500_000
         stored = emu.tasks[task_id]
         assert stored.swap_faces_index == (0, 1) and stored.target_faces_index == (1, 0)
         assert done["config"] == {"webhook_config": {"endpoint": "", "secret": ""}}
@@ -222,7 +222,7 @@ async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) ->
 
 async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
     video = tiny_mp4(frames=10)
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         body = {
             "model": VIDEO,
@@ -232,7 +232,7 @@ async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
         task_id = await api.new_task(body)
         done = await api.task(task_id)
         assert done["status"] == "completed"
-        assert done["meta"]["usage"]["consume"] == pytest.approx(0.005)
+        assert done["meta"]["usage"]["consume"] == 10 * 50_000  # points per frame
         url = done["output"]["video_url"]
         assert url.endswith(f"/results/{task_id}.mp4")
         status, content, content_type = await api.fetch(url)
@@ -240,7 +240,7 @@ async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
 
 
 async def test_url_inputs_resolve_only_on_this_emulator(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         hosted = emu.host_file(HOPPER)
         assert hosted.startswith(f"{emu.base_url}/files/") and hosted.endswith(".jpg")
@@ -254,11 +254,15 @@ async def test_url_inputs_resolve_only_on_this_emulator(http: aiohttp.ClientSess
         assert chained["status"] == "completed"
         assert emu.tasks[chained["task_id"]].result == HOPPER
 
-        for url in ("https://example.com/face.jpg", f"{emu.base_url}/files/missing.jpg"):
-            failed = await api.task(await api.new_task(face_swap_body(target=url)))
-            assert failed["status"] == "failed"
-            assert failed["error"]["message"] == "failed to get valid image"
-            assert failed["output"] is None
+        missing = f"{emu.base_url}/files/missing.jpg"
+        failed = await api.task(await api.new_task(face_swap_body(target=missing)))
+        assert (failed["status"], failed["error"]["message"]) == ("failed", "failed to get valid image")
+        assert failed["error"]["raw_message"] == f"GET {missing}: 404 Not Found"
+        assert failed["output"] is None
+        far = await api.task(await api.new_task(face_swap_body(target="https://example.com/face.jpg")))
+        only = "the emulator only fetches loopback URLs (got host example.com)"
+        assert far["status"] == "failed" and far["error"]["raw_message"] == only
+        assert far["error"]["message"] == f"failed to get valid image: {only}"
 
         not_an_image = emu.host_file(b"plain text", name="notes.txt")
         failed = await api.task(await api.new_task(face_swap_body(swap=not_an_image)))
@@ -269,7 +273,7 @@ async def test_url_inputs_resolve_only_on_this_emulator(http: aiohttp.ClientSess
 
 
 async def test_auth(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         for key in (None, "wrong", ""):
             api = Api(http, emu, key=key)
             for status, body, _ in (
@@ -286,7 +290,7 @@ async def test_auth(http: aiohttp.ClientSession) -> None:
 
 
 async def test_unknown_task_route_and_method(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         status, body, _ = await api.get("90efd2db-bcfc-413f-a0be-c893850c9d68")
         assert status == 404
@@ -379,7 +383,7 @@ INVALID: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("body", "message"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 async def test_create_validation(http: aiohttp.ClientSession, body: Any, message: str) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         raw = body if isinstance(body, bytes) else None
         status, payload, _ = await api.create(body, raw=raw)
@@ -392,7 +396,7 @@ async def test_create_validation(http: aiohttp.ClientSession, body: Any, message
 
 
 async def test_create_rejects_media_over_10_mib(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         big = ASTRONAUT + b"\0" * (10 * 1024 * 1024)  # a valid JPEG header, but too many bytes
         status, payload, _ = await api.create(face_swap_body(target=b64(big)))
@@ -405,7 +409,7 @@ async def test_create_rejects_media_over_10_mib(http: aiohttp.ClientSession) -> 
 
 
 async def test_failure_rate_one_fails_every_task(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, failure_rate=1.0, processing_seconds=3) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, failure_rate=1.0, processing_seconds=3) as emu:
         api = Api(http, emu)
         task_id = await api.new_task()
         assert (await api.task(task_id))["status"] == "processing"
@@ -426,7 +430,7 @@ async def test_failure_rate_one_fails_every_task(http: aiohttp.ClientSession) ->
 async def test_failure_rate_is_seeded(http: aiohttp.ClientSession) -> None:
     outcomes = []
     for _ in range(2):
-        async with Emulator(api_key=KEY, processor=identity, failure_rate=0.5, seed=7) as emu:
+        async with Emulator(api_key=KEY, wire="plain", processor=identity, failure_rate=0.5, seed=7) as emu:
             api = Api(http, emu)
             ids = [await api.new_task() for _ in range(12)]
             outcomes.append([(await api.task(i))["status"] for i in ids])
@@ -435,7 +439,7 @@ async def test_failure_rate_is_seeded(http: aiohttp.ClientSession) -> None:
 
 
 async def test_fail_next(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         emu.fail_next(2, message="face swap failed: boom")
         results = [await api.task(await api.new_task()) for _ in range(3)]
@@ -447,7 +451,7 @@ async def test_task_transform_and_envelope_code(http: aiohttp.ClientSession) -> 
     def shout(task: dict[str, Any]) -> dict[str, Any]:
         return {**task, "status": task["status"].upper(), "logs": None}
 
-    async with Emulator(api_key=KEY, processor=identity, task_transform=shout) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, task_transform=shout) as emu:
         api = Api(http, emu)
         _, created, _ = await api.create(face_swap_body())
         assert created["data"]["status"] == "PENDING" and created["data"]["logs"] is None
@@ -463,7 +467,9 @@ async def test_task_transform_and_envelope_code(http: aiohttp.ClientSession) -> 
 
 
 async def test_account_info(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, max_concurrent_task_count=3, balance_usd=1.0) as emu:
+    async with Emulator(
+        api_key=KEY, wire="plain", processor=identity, max_concurrent_task_count=3, balance_usd=1.0
+    ) as emu:
         api = Api(http, emu)
         status, body, _ = await api.account()
         assert status == 200 and body["code"] == 200 and body["message"] == "success"
@@ -480,7 +486,7 @@ async def test_account_info(http: aiohttp.ClientSession) -> None:
 
 
 async def test_stats_counters(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, pending_seconds=1) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, pending_seconds=1) as emu:
         api = Api(http, emu)
         task_id = await api.new_task()
         await api.create({"model": "nope"})
@@ -499,7 +505,7 @@ async def test_stats_counters(http: aiohttp.ClientSession) -> None:
 
 
 async def test_latency(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(latency=0.15)) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(latency=0.15)) as emu:
         api = Api(http, emu)
         started = time.monotonic()
         status, _, _ = await api.account()
@@ -513,7 +519,7 @@ async def test_latency(http: aiohttp.ClientSession) -> None:
 
 
 async def test_error_rate_answers_5xx_and_stores_nothing(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(error_rate=1.0)) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(error_rate=1.0)) as emu:
         api = Api(http, emu)
         seen = set()
         for _ in range(10):
@@ -529,7 +535,7 @@ async def test_error_rate_answers_5xx_and_stores_nothing(http: aiohttp.ClientSes
 
 
 async def test_rate_limit(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(rate_limit=2)) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(rate_limit=2)) as emu:
         api = Api(http, emu)
         assert [(await api.account())[0] for _ in range(2)] == [200, 200]
         status, body, headers = await api.create(face_swap_body())
@@ -559,7 +565,7 @@ def test_token_bucket_and_retry_after() -> None:
 
 
 async def test_create_then_stall(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1)) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_stall=1)) as emu:
         api = Api(http, emu)
         with pytest.raises(TimeoutError):
             await api.create(face_swap_body(), timeout=aiohttp.ClientTimeout(total=0.2))
@@ -571,13 +577,15 @@ async def test_create_then_stall(http: aiohttp.ClientSession) -> None:
 
 
 async def test_create_then_stall_short_stall_then_answers(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1, stall_seconds=0.05)) as emu:
+    async with Emulator(
+        api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_stall=1, stall_seconds=0.05)
+    ) as emu:
         status, body, _ = await Api(http, emu).create(face_swap_body())
         assert status == 200 and body["data"]["status"] == "pending"
 
 
 async def test_aclose_drops_stalled_requests_promptly(http: aiohttp.ClientSession) -> None:
-    emu = Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_stall=1))
+    emu = Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_stall=1))
     await emu.start()
     api = Api(http, emu)
     errors: list[BaseException] = []
@@ -599,7 +607,7 @@ async def test_aclose_drops_stalled_requests_promptly(http: aiohttp.ClientSessio
 
 
 async def test_create_then_drop(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity, faults=Faults(create_then_drop=1)) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(create_then_drop=1)) as emu:
         api = Api(http, emu)
         with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
             await api.create(face_swap_body())
@@ -610,7 +618,7 @@ async def test_create_then_drop(http: aiohttp.ClientSession) -> None:
 
 
 async def test_scripted_responses(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, processor=identity) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         html = "<html><body><h1>502 Bad Gateway</h1></body></html>"
         emu.faults.script("create", 502, html, times=2)
@@ -675,7 +683,7 @@ async def test_processor_runs_off_loop_once_and_its_errors_fail_the_task(http: a
         return job.swap
 
     try:
-        async with Emulator(api_key=KEY, processor=slow_swap) as emu:
+        async with Emulator(api_key=KEY, wire="plain", processor=slow_swap) as emu:
             api = Api(http, emu)
             task_id = await api.new_task()
             with anyio.fail_after(1):  # GETs stay fast while the processor is blocked
@@ -709,7 +717,7 @@ async def test_aclose_does_not_wait_for_a_stuck_processor(http: aiohttp.ClientSe
 
     try:
         started = time.monotonic()
-        async with Emulator(api_key=KEY, processor=stuck) as emu:
+        async with Emulator(api_key=KEY, wire="plain", processor=stuck) as emu:
             api = Api(http, emu)
             task_id = await api.new_task()
             assert (await api.task(task_id))["status"] == "processing"
@@ -778,7 +786,7 @@ async def test_default_engine_falls_back_to_identity_with_a_warning(
     http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(_faceswap, "engine_available", lambda: False)
-    async with Emulator(api_key=KEY) as emu:  # processor="auto"
+    async with Emulator(api_key=KEY, wire="plain") as emu:  # processor="auto"
         assert emu.engine == "identity"
         api = Api(http, emu)
         done = await api.task(await api.new_task())

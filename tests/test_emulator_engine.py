@@ -92,7 +92,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(api_key=KEY) as server:  # the default processor: "auto"
+    async with Emulator(api_key=KEY, wire="plain") as server:  # the default processor: "auto"
         assert server.engine == "opencv"
         yield server
 
@@ -196,7 +196,7 @@ async def test_video_swap_keeps_the_frame_count(http: aiohttp.ClientSession, emu
     api = Api(http, emu)
     done = await api.run(body)
     assert done["status"] == "completed", done["error"]
-    assert done["meta"]["usage"]["consume"] == pytest.approx(8 * 0.0005)
+    assert done["meta"]["usage"]["consume"] == 8 * 50_000  # points per frame
     url = done["output"]["video_url"]
     assert url.endswith(".mp4")
     out = tmp_path / "out.mp4"
@@ -269,7 +269,7 @@ async def test_worker_threads_are_bounded_by_max_workers(http: aiohttp.ClientSes
             running -= 1
         return bytes(job.target)
 
-    async with Emulator(api_key=KEY, processor=slow, max_workers=2) as emu:
+    async with Emulator(api_key=KEY, wire="plain", processor=slow, max_workers=2) as emu:
         assert emu.engine == "custom"
         api = Api(http, emu)
         ids = []

@@ -61,7 +61,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(api_key=KEY, processor=identity) as server:
+    async with Emulator(api_key=KEY, wire="plain", processor=identity) as server:
         yield server
 
 
@@ -89,14 +89,20 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes, str]
 
 
 async def run_task(http: aiohttp.ClientSession, emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
-    """Create a task and GET it once (zero durations: it ends on that GET)."""
+    """Create a task and GET it (zero durations: it ends on the first GET, or once a loopback URL
+    input has been fetched: `drain()` waits for that, then a second GET)."""
     headers = {"x-api-key": KEY}
     async with http.post(f"{emu.base_url}/api/v1/task", json=body, headers=headers) as resp:
         created = await resp.json()
         assert resp.status == 200, created
-    async with http.get(f"{emu.base_url}/api/v1/task/{created['data']['task_id']}", headers=headers) as resp:
-        data: dict[str, Any] = (await resp.json())["data"]
-        return data
+    url = f"{emu.base_url}/api/v1/task/{created['data']['task_id']}"
+    for _ in range(2):
+        async with http.get(url, headers=headers) as resp:
+            data: dict[str, Any] = (await resp.json())["data"]
+        if data["status"] in ("completed", "failed"):
+            break
+        await emu.drain()
+    return data
 
 
 def image_task(target: str, swap: str | None = None) -> dict[str, Any]:
@@ -275,7 +281,7 @@ async def test_create_with_uploaded_urls_completes(http: aiohttp.ClientSession, 
     done = await run_task(http, emu, video_task(video))
     assert done["status"] == "completed", done["error"]
     assert emu.tasks[done["task_id"]].frames == 10
-    assert done["meta"]["usage"]["consume"] == pytest.approx(0.005)
+    assert done["meta"]["usage"]["consume"] == 10 * 50_000  # points per frame
 
 
 @pytest.mark.parametrize(
@@ -302,16 +308,25 @@ async def test_invalid_uploaded_video_fails_the_task(http: aiohttp.ClientSession
     assert ok["status"] == "completed"
 
 
-async def test_other_urls_fail_without_any_network_call(http: aiohttp.ClientSession, emu: Emulator) -> None:
+async def test_urls_off_loopback_or_unreachable_fail_the_task(http: aiohttp.ClientSession, emu: Emulator) -> None:
+    """Only loopback URLs are fetched (the service fetches public ones; the emulator cannot)."""
     uploaded = await upload_ok(http, emu, "face.jpg", HOPPER)
     missing = uploaded.rsplit("/", 2)[0] + "/0000/face.jpg"
-    others = [
-        "https://example.com/face.jpg",
-        "http://127.0.0.1:9/files/face.jpg",  # loopback, but not this emulator
-        uploaded.replace("http://", "https://"),
+    unreachable = [
+        "http://127.0.0.1:9/files/face.jpg",  # loopback, nothing listening: fetched, refused
+        uploaded.replace("http://", "https://"),  # TLS to a plain-HTTP port
         missing,
-        f"{emu.base_url}/api/v1/task/x.jpg",
+        f"{emu.base_url}/api/v1/task/x.jpg",  # fetched without a key: 401
     ]
-    for url in others:
+    for url in unreachable:
         failed = await run_task(http, emu, image_task(url))
         assert (failed["status"], failed["error"]["message"]) == ("failed", "failed to get valid image"), url
+        assert url in failed["error"]["raw_message"]
+    for url, host in (("https://example.com/face.jpg", "example.com"), ("http://10.0.0.1:8080/a.png", "10.0.0.1")):
+        failed = await run_task(http, emu, image_task(url))
+        only = f"the emulator only fetches loopback URLs (got host {host})"
+        assert failed["status"] == "failed"
+        assert (failed["error"]["message"], failed["error"]["raw_message"]) == (
+            f"failed to get valid image: {only}",
+            only,
+        )

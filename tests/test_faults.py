@@ -78,9 +78,14 @@ def bounded(seconds: float) -> Callable[[_F], _F]:
 
 
 def png(i: int, pad: int = 0) -> bytes:
-    """A distinct, header-valid PNG per i (the emulator checks headers only), `pad` bytes longer."""
+    """A distinct valid PNG per i (a whole 64x64 image, then `pad` bytes and a tag after IEND)."""
     ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    pixels = zlib.compress(bytes(64 * (1 + 3 * 64)))  # a whole, decodable black image
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     return head + b"\0" * pad + f"job-{i}".encode()
 
 

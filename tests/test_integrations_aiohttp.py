@@ -36,9 +36,14 @@ FAST = PollPolicy(initial=0.02, factor=1, max_interval=0.02, jitter=0)
 
 
 def png(i: int, size: int = 64) -> bytes:
-    """A distinct valid PNG header per i (the emulator and the SDK check headers only)."""
+    """A distinct valid PNG per i (a whole image, then a tag after IEND so the bytes differ)."""
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    pixels = zlib.compress(bytes(size * (1 + 3 * size)))  # a whole, decodable black image
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     return head + f"img-{i}".encode()
 
 

@@ -8,6 +8,11 @@ async with Emulator(api_key="emu-key", processor=identity) as emu:
     # emu.advance(s) moves its clock
 ```
 
+By default the wire is realistic (`wire="realistic"`): each task answers in one of the shapes real
+responses showed (status `Completed`/`completed`, envelope `code` 200/0, `logs`/`input` null or
+empty, extra `output`/`meta` keys, Go zero times before start, usage in points), drawn from
+(seed, task_id). `wire="plain"` gives one clean shape.
+
 By default (`processor="auto"`) results are real face swaps by the OpenCV engine when the `faces`
 extra is installed (`emu.engine == "opencv"`), else the target unchanged (`"identity"`).
 
@@ -18,13 +23,26 @@ from ._emulator import Emulator, TaskTransform
 from ._engine import EngineName, ProcessorChoice
 from ._faults import Faults, Route, ScriptedResponse, UploadUrlStyle, WebhookFaults
 from ._processing import Processor, SwapJob, identity
-from ._state import DEFAULT_FAILURE_MESSAGE, FAILURE_CODE, PRICES, Price, Stats, StoredTask
+from ._state import (
+    DEFAULT_FAILURE_MESSAGE,
+    FAILURE_CODE,
+    POINTS_PER_USD,
+    PRICES,
+    ZERO_TIME,
+    Price,
+    Stats,
+    StoredTask,
+    WireName,
+    WireShape,
+)
 from ._webhooks import WebhookDelivery
 
 __all__ = [
     "DEFAULT_FAILURE_MESSAGE",
     "FAILURE_CODE",
+    "POINTS_PER_USD",
     "PRICES",
+    "ZERO_TIME",
     "Emulator",
     "EngineName",
     "Faults",
@@ -40,5 +58,7 @@ __all__ = [
     "UploadUrlStyle",
     "WebhookDelivery",
     "WebhookFaults",
+    "WireName",
+    "WireShape",
     "identity",
 ]

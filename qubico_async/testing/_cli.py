@@ -16,6 +16,7 @@ import anyio
 from ._emulator import Emulator
 from ._engine import engine_status
 from ._processing import identity
+from ._state import WireName
 
 __all__ = ["build_parser", "main", "run_cli", "serve_forever"]
 
@@ -43,6 +44,15 @@ def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.Argu
     parser.add_argument(
         "--max-concurrent-tasks", type=int, default=10, help="max_concurrent_task_count in /account/info"
     )
+    parser.add_argument(
+        "--wire",
+        choices=("realistic", "plain"),
+        default="realistic",
+        help="realistic: each task in one of the shapes real responses show; plain: one clean shape",
+    )
+    parser.add_argument(
+        "--balance-usd", type=float, default=1000.0, help="account credit; creates it cannot cover are refused"
+    )
     return parser
 
 
@@ -58,6 +68,8 @@ async def serve_forever(
     failure_rate: float = 0.0,
     seed: int = 0,
     max_concurrent_task_count: int = 10,
+    wire: WireName = "realistic",
+    balance_usd: float = 1000.0,
     ready: Callable[[Emulator], None] | None = None,
 ) -> None:
     """Run an emulator until cancelled. `ready` (default: print the URLs, key and engine) is called
@@ -75,6 +87,8 @@ async def serve_forever(
         failure_rate=failure_rate,
         seed=seed,
         max_concurrent_task_count=max_concurrent_task_count,
+        wire=wire,
+        balance_usd=balance_usd,
     ) as emu:
         (ready or _announce)(emu)
         await anyio.sleep_forever()
@@ -85,6 +99,7 @@ def _announce(emu: Emulator) -> None:
     print(f"base_url:   {emu.base_url}")
     print(f"upload_url: {emu.upload_url}")
     print(f"api_key:    {emu.api_key}")
+    print(f"wire:       {emu.wire}")
     if emu.engine == "opencv":
         print(f"engine:     opencv. {engine_status()}")
     else:
@@ -111,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 failure_rate=args.failure_rate,
                 seed=args.seed,
                 max_concurrent_task_count=args.max_concurrent_tasks,
+                wire=args.wire,
+                balance_usd=args.balance_usd,
             )
         )
     except KeyboardInterrupt:

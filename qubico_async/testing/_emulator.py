@@ -30,13 +30,17 @@ from ._pipeline import Pipeline, raw
 from ._processing import TaskRunner, own_path
 from ._state import (
     DEFAULT_FAILURE_MESSAGE,
+    PRE_PROCESS_FAILED,
     Clock,
     FileStore,
     Stats,
     StoredTask,
     TaskStore,
+    WireName,
     account_info,
     new_task_id,
+    points_available,
+    shape_for,
     task_to_wire,
 )
 from ._ticker import Ticker
@@ -92,12 +96,19 @@ class Emulator:
         max_workers: int = 4,
         task_transform: TaskTransform | None = None,
         max_concurrent_task_count: int = 10,
-        balance_usd: float = 100.0,
+        max_image_toolkit_concurrency: int | None = None,
+        balance_usd: float = 1000.0,
+        wire: WireName = "realistic",
     ) -> None:
         if pending_seconds < 0 or processing_seconds < 0:
             raise ValueError("pending_seconds and processing_seconds must not be negative")
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be between 0 and 1, got {failure_rate!r}")
+        if wire not in ("realistic", "plain"):
+            raise ValueError(f'wire must be "realistic" or "plain", got {wire!r}')
+        self._seed = seed
+        self.wire: WireName = wire
+        """"realistic" (each task in one of the shapes of real responses) or "plain" (one clean shape)."""
         self._api_key = api_key
         self._host = host
         self._port = port
@@ -110,7 +121,12 @@ class Emulator:
         self.task_transform = task_transform
         """Applied to every task dict just before it is sent by create and get."""
         self.max_concurrent_task_count = max_concurrent_task_count
+        self.max_image_toolkit_concurrency = max_image_toolkit_concurrency
+        """Sent in /account/info when set; with the realistic wire it defaults to max_concurrent_task_count."""
         self.balance_usd = balance_usd
+        """The account's credit in USD (points at the guessed POINTS_PER_USD). A create whose price
+        it cannot cover (after what completed tasks consumed and running ones froze) is refused
+        the way the service refuses it: HTTP 200, envelope code 500, a failed task."""
 
         self._failure_rng = random.Random(seed)
         self._forced_failures: collections.deque[str] = collections.deque()
@@ -301,8 +317,9 @@ class Emulator:
             req = await validate_create(body)
         except ValidationError as exc:
             return self._http.error(400, exc.message)
+        task_id = new_task_id()
         task = StoredTask(
-            task_id=new_task_id(),
+            task_id=task_id,
             model=req.model,
             task_type=req.task_type,
             input=req.input,
@@ -314,14 +331,21 @@ class Emulator:
             swap_faces_index=req.swap_faces_index,
             target_faces_index=req.target_faces_index,
             frames=req.frames,
+            shape=shape_for(self._seed, task_id, self.wire),
         )
         roll = self._failure_rng.random()  # drawn for every task, so fail_next keeps the sequence
-        if self._forced_failures:
+        if task.cost_points > points_available(self._store, self.balance_usd):
+            task.refused, task.status = True, "failed"
+            task.error_message = PRE_PROCESS_FAILED
+        elif self._forced_failures:
             task.forced_failure = self._forced_failures.popleft()
         elif roll < self.failure_rate:
             task.forced_failure = self.failure_message
         self._store.add(task)
-        response = self._task_response(task)  # as created: pending, even when due at once
+        if task.refused:  # the service's credit refusal: HTTP 200, envelope code 500, the failed task
+            response = self._task_response(task, code=500, message=PRE_PROCESS_FAILED)
+        else:
+            response = self._task_response(task)  # as created: pending, even when due at once
 
         faults = self.faults
         if faults.create_then_drop > 0:
@@ -342,7 +366,10 @@ class Emulator:
 
     async def _account(self, request: web.Request) -> web.StreamResponse:
         self._tasks.refresh_all()
-        data = account_info(self._store, self.balance_usd, self.max_concurrent_task_count)
+        toolkit = self.max_image_toolkit_concurrency
+        if toolkit is None and self.wire == "realistic":
+            toolkit = self.max_concurrent_task_count
+        data = account_info(self._store, self.balance_usd, self.max_concurrent_task_count, toolkit)
         return self._http.envelope(200, data, "success")
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
@@ -374,11 +401,16 @@ class Emulator:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _task_response(self, task: StoredTask) -> web.Response:
+    def _task_response(self, task: StoredTask, *, code: int | None = None, message: str = "success") -> web.Response:
+        """HTTP 200 with the task; the envelope `code` is `code`, else `Faults.envelope_code` if
+        set, else the task's wire shape's (200 or 0)."""
         data = task_to_wire(task, self.base_url, self._clock)
         if self.task_transform is not None:
             data = self.task_transform(data)
-        return self._http.envelope(200, data, "success")
+        if code is None:
+            override = self.faults.envelope_code
+            code = override if override is not None else task.shape.envelope_code
+        return self._http.envelope(200, data, message, code=code)
 
     def _own_path(self, url: str) -> str | None:
         return own_path(url, (self._port, self._upload_port), frozenset({self._host.lower()}))

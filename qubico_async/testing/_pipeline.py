@@ -101,8 +101,10 @@ class Pipeline:
         given = request.headers.get("x-api-key", "")
         return hmac.compare_digest(given.encode(), self._api_key.encode())
 
-    def envelope(self, status: int, data: Any, message: str) -> web.Response:
-        return web.json_response({"code": self.code(status), "data": data, "message": message}, status=status)
+    def envelope(self, status: int, data: Any, message: str, *, code: int | None = None) -> web.Response:
+        """`{"code", "data", "message"}` with HTTP `status`; `code` defaults to `self.code(status)`."""
+        body = {"code": self.code(status) if code is None else code, "data": data, "message": message}
+        return web.json_response(body, status=status)
 
     def code(self, status: int) -> int:
         """The envelope `code` for an HTTP status (`Faults.envelope_code` on success, if set)."""

@@ -4,27 +4,59 @@ A task is `pending` for its `pending_seconds`, then `processing` for its `proces
 on the emulator clock), then due. The first time a due task is looked at, its inputs are resolved and
 the processor runs once: inline for the default identity processor, otherwise in a worker thread
 (bounded by a CapacityLimiter) while the task stays `processing` and requests keep being answered.
+
+URL inputs are fetched like the service fetches them, but only from loopback (`127.0.0.0/8`, `::1`,
+`localhost`, any port, http or https): files this emulator serves are read from its store, other
+loopback URLs are fetched with aiohttp (at most 10 MiB, 10 s). Any other host fails the task with
+`raw_message` "the emulator only fetches loopback URLs (got host ...)"; nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import anyio
 import anyio.to_thread
 from attrs import frozen
 
-from .._mediainfo import probe_image
-from ..errors import InvalidInputError
+from ._imagecheck import MAX_BYTES, guess_type
 from ._state import Clock, FileStore, StoredTask, TaskStore
 from ._validation import ValidationError, check_image, check_video, media_fields
 
 __all__ = ["Processor", "SwapJob", "TaskRunner", "identity"]
 
-_IMAGE_EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+FETCH_TIMEOUT: Final = 10.0
+"""Seconds allowed to fetch one loopback URL input."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` (with or without a trailing dot) or a loopback IP (`127.0.0.0/8`, `::1`)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_only(host: str) -> str:
+    return f"the emulator only fetches loopback URLs (got host {host or '(none)'})"
+
+
+class _InputFailure(Exception):
+    """An input could not be had: `message` for `error.message`, `raw` for `error.raw_message`."""
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(raw)
+        self.message = message
+        self.raw = raw
 
 
 @frozen
@@ -76,6 +108,7 @@ class TaskRunner:
         self._limiter = anyio.CapacityLimiter(max_workers) if processor is not None else None
         self._is_own_url = is_own_url
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
     @property
@@ -108,17 +141,21 @@ class TaskRunner:
         if task.forced_failure is not None:
             self._fail(task, task.forced_failure, ended_at=task.due_at)
             return
-        resolved = self._resolve(task)
-        if isinstance(resolved, str):
-            self._fail(task, resolved, ended_at=task.due_at)
-        elif self._processor is None:
-            self._complete(task, identity(resolved))
-        elif not self._closed:
+        try:
+            resolved = self._resolve(task, fetched={})
+        except _InputFailure as failure:
+            self._fail(task, failure.message, ended_at=task.due_at, raw=failure.raw)
+            return
+        if resolved is None or self._processor is not None:  # a fetch or a processor thread: a job
+            if self._closed:
+                return
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # looked at from outside the event loop: start on the next look
                 return
-            self._jobs[task.task_id] = loop.create_task(self._run(task, resolved, self._processor))
+            self._jobs[task.task_id] = loop.create_task(self._run(task, self._processor))
+        else:
+            self._complete(task, identity(resolved))
 
     async def drain(self) -> None:
         """Wait until every running processor job has finished."""
@@ -133,9 +170,23 @@ class TaskRunner:
         if jobs:
             await asyncio.wait(jobs)
         self._jobs.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _run(self, task: StoredTask, job: SwapJob, processor: Processor) -> None:
+    async def _run(self, task: StoredTask, processor: Processor | None) -> None:
+        """Fetch the loopback URL inputs not served here, then run the processor (or identity)."""
         try:
+            try:
+                fetched = await self._fetch_foreign(task)
+                job = self._resolve(task, fetched)
+                assert job is not None
+            except _InputFailure as failure:
+                self._fail(task, failure.message, raw=failure.raw)
+                return
+            if processor is None:
+                self._complete(task, identity(job))
+                return
             try:
                 data = await anyio.to_thread.run_sync(processor, job, limiter=self._limiter, abandon_on_cancel=True)
             except Exception as exc:
@@ -145,24 +196,28 @@ class TaskRunner:
         finally:
             self._jobs.pop(task.task_id, None)
 
-    def _resolve(self, task: StoredTask) -> SwapJob | str:
-        """The job's input bytes, or the failure message when an input cannot be had."""
+    def _resolve(self, task: StoredTask, fetched: dict[str, bytes]) -> SwapJob | None:
+        """The job's input bytes, or None when a loopback URL still has to be fetched (`fetched`
+        holds those already fetched). Raises `_InputFailure` when an input cannot be had."""
         target_field, swap_field = media_fields(task.model)
         found: dict[str, bytes] = {}
         for name in (target_field, swap_field):
             kind = "video" if name == "target_video" else "image"
             data = task.media.get(name)
             if data is None:
-                data = self._fetch(task.input[name])
+                url = task.input[name]
+                data = fetched.get(name)
                 if data is None:
-                    return f"failed to get valid {kind}"
+                    data = self._local(url, kind)
+                if data is None:
+                    return None
                 try:
                     if kind == "video":
                         task.frames = check_video(data, name)
                     else:
                         check_image(data, name)
-                except ValidationError:
-                    return f"failed to get valid {kind}"
+                except ValidationError as exc:
+                    raise _InputFailure(f"failed to get valid {kind}", exc.message) from None
             found[name] = data
         return SwapJob(
             model=task.model,
@@ -173,31 +228,70 @@ class TaskRunner:
             target_faces_index=task.target_faces_index,
         )
 
-    def _fetch(self, url: str) -> bytes | None:
-        """Bytes behind a URL, if it points at a file this emulator serves. Never goes to the network."""
+    def _local(self, url: str, kind: str) -> bytes | None:
+        """Bytes of a file this emulator serves; None for another loopback URL (to fetch)."""
         path = self._is_own_url(url)
-        if path is None:
-            return None
-        stored = self._files.get(path)
-        return stored.data if stored is not None else None
+        if path is not None:
+            stored = self._files.get(path)
+            if stored is None:
+                raise _InputFailure(f"failed to get valid {kind}", f"GET {url}: 404 Not Found")
+            return stored.data
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            host = ""
+        if not is_loopback_host(host):
+            raise _InputFailure(f"failed to get valid {kind}: {loopback_only(host)}", loopback_only(host))
+        return None
+
+    async def _fetch_foreign(self, task: StoredTask) -> dict[str, bytes]:
+        """GET each URL input that is on loopback but not served by this emulator."""
+        fetched: dict[str, bytes] = {}
+        for name in media_fields(task.model):
+            if name in task.media:
+                continue
+            url = task.input[name]
+            kind = "video" if name == "target_video" else "image"
+            if self._local(url, kind) is None:
+                fetched[name] = await self._get(url, kind)
+        return fetched
+
+    async def _get(self, url: str, kind: str) -> bytes:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
+        failed = f"failed to get valid {kind}"
+        try:
+            async with self._session.get(url, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _InputFailure(failed, f"GET {url}: HTTP {resp.status}")
+                chunks, size = [], 0
+                while size <= MAX_BYTES:  # stop reading as soon as the file is over the limit
+                    chunk = await resp.content.read(256 * 1024)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                data = b"".join(chunks)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise _InputFailure(failed, f"GET {url}: {type(exc).__name__}: {exc}") from None
+        if len(data) > MAX_BYTES:
+            raise _InputFailure(failed, f"GET {url}: larger than {MAX_BYTES} bytes (10 MiB)")
+        return data
 
     def _complete(self, task: StoredTask, data: bytes) -> None:
         if task.is_video:
             ext, content_type = "mp4", "video/mp4"
         else:
-            try:
-                fmt = probe_image(data).format
-                ext, content_type = _IMAGE_EXT[fmt], f"image/{fmt}"
-            except InvalidInputError:
-                ext, content_type = "bin", "application/octet-stream"
+            ext, content_type = guess_type(data)
         name = f"{task.task_id}.{ext}"
         self._files.put(f"/results/{name}", data, content_type)
         task.result, task.result_name = data, name
         task.ended_at = max(task.due_at, self._clock.now())
         self._store.transition(task, "completed")
 
-    def _fail(self, task: StoredTask, message: str, *, ended_at: float | None = None) -> None:
+    def _fail(self, task: StoredTask, message: str, *, ended_at: float | None = None, raw: str | None = None) -> None:
         task.error_message = message
+        task.error_raw = raw
         task.ended_at = ended_at if ended_at is not None else max(task.due_at, self._clock.now())
         self._store.transition(task, "failed")
 

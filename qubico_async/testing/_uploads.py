@@ -22,9 +22,8 @@ from urllib.parse import quote
 import anyio.to_thread
 from attrs import frozen
 
-from .._mediainfo import MAX_MEDIA_BYTES, probe_image, probe_video
-from ..errors import InvalidInputError
 from ._faults import UploadUrlStyle
+from ._imagecheck import MAX_BYTES, guess_type
 from ._state import FileStore
 from ._validation import ValidationError
 
@@ -123,16 +122,16 @@ def _decode(value: str, ext: str, content_type: str) -> bytes:
             raise _invalid(f"file_data content type {given or '(none)'} does not match {ext} ({content_type})")
         payload = match["payload"]
     payload = "".join(payload.split())
-    if len(payload) // 4 * 3 > MAX_MEDIA_BYTES + 2:
-        raise _invalid(f"file_data is larger than {MAX_MEDIA_BYTES} bytes (10 MiB)")
+    if len(payload) // 4 * 3 > MAX_BYTES + 2:
+        raise _invalid(f"file_data is larger than {MAX_BYTES} bytes (10 MiB)")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise _invalid("file_data is not valid base64") from None
     if not data:
         raise _invalid("file_data is empty")
-    if len(data) > MAX_MEDIA_BYTES:
-        raise _invalid(f"file_data is {len(data)} bytes; max {MAX_MEDIA_BYTES} (10 MiB)")
+    if len(data) > MAX_BYTES:
+        raise _invalid(f"file_data is {len(data)} bytes; max {MAX_BYTES} (10 MiB)")
     return data
 
 
@@ -152,14 +151,4 @@ def upload_answer(url: str, style: UploadUrlStyle, code: int = 200) -> dict[str,
 
 def sniff(data: bytes) -> tuple[str, str]:
     """(extension, content type) of a file to host."""
-    try:
-        fmt = probe_image(data).format
-    except InvalidInputError:
-        pass
-    else:
-        return ("jpg" if fmt == "jpeg" else fmt), f"image/{fmt}"
-    try:
-        probe_video(data)
-    except InvalidInputError:
-        return "bin", "application/octet-stream"
-    return "mp4", "video/mp4"
+    return guess_type(data)

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 from attrs import frozen
 
-from .._mediainfo import MAX_IMAGE_SIDE, MAX_MEDIA_BYTES, MAX_VIDEO_FRAMES, probe_image, probe_video
-from ..errors import InvalidInputError
+from ._imagecheck import MAX_BYTES, MAX_FRAMES, MAX_SIDE, MediaRejected, read_image, read_video
+from ._imagecheck import judge_image as _judge_image
 from ._state import PRICES, VIDEO_MODEL
 
 __all__ = [
@@ -181,39 +181,43 @@ def _decode_media(value: str, name: str) -> bytes | None:
     else:
         payload = value
     payload = "".join(payload.split())
-    if len(payload) // 4 * 3 > MAX_MEDIA_BYTES + 2:
-        raise ValidationError(f"{name} is larger than {MAX_MEDIA_BYTES} bytes (10 MiB)")
+    if len(payload) // 4 * 3 > MAX_BYTES + 2:
+        raise ValidationError(f"{name} is larger than {MAX_BYTES} bytes (10 MiB)")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValidationError(f"invalid base64 in {name}") from None
     if not data:
         raise ValidationError(f"invalid base64 in {name}: no data")
-    if len(data) > MAX_MEDIA_BYTES:
-        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_MEDIA_BYTES} (10 MiB)")
+    if len(data) > MAX_BYTES:
+        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_BYTES} (10 MiB)")
     return data
 
 
 def check_image(data: bytes, name: str) -> None:
-    """Raise ValidationError if `data` is not an acceptable image."""
-    if len(data) > MAX_MEDIA_BYTES:
-        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_MEDIA_BYTES} (10 MiB)")
+    """Raise ValidationError if `data` is not an acceptable image (the emulator's own judge)."""
+    if len(data) > MAX_BYTES:
+        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_BYTES} (10 MiB)")
     try:
-        info = probe_image(data)
-    except InvalidInputError as exc:
-        raise ValidationError(f"{name} is not a supported image (JPEG, PNG or WebP): {exc}") from None
-    if info.width > MAX_IMAGE_SIDE or info.height > MAX_IMAGE_SIDE:
-        raise ValidationError(f"{name} is {info.width}x{info.height}; max {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
+        facts = read_image(data)
+    except MediaRejected as exc:
+        raise ValidationError(f"{name} is not a supported image (JPEG, PNG or WebP): {exc.message}") from None
+    if facts.width > MAX_SIDE or facts.height > MAX_SIDE:
+        raise ValidationError(f"{name} is {facts.width}x{facts.height}; max {MAX_SIDE}x{MAX_SIDE}")
+    try:
+        _judge_image(data)
+    except MediaRejected as exc:
+        raise ValidationError(f"{name} is not a valid image: {exc.message}") from None
 
 
 def check_video(data: bytes, name: str) -> int | None:
     """Raise ValidationError if `data` is not an acceptable video; else its frame count, if known."""
-    if len(data) > MAX_MEDIA_BYTES:
-        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_MEDIA_BYTES} (10 MiB)")
+    if len(data) > MAX_BYTES:
+        raise ValidationError(f"{name} is {len(data)} bytes; max {MAX_BYTES} (10 MiB)")
     try:
-        info = probe_video(data)
-    except InvalidInputError as exc:
-        raise ValidationError(f"{name} is not a supported video (MP4): {exc}") from None
-    if info.frames is not None and info.frames > MAX_VIDEO_FRAMES:
-        raise ValidationError(f"{name} has {info.frames} frames; max {MAX_VIDEO_FRAMES}")
-    return info.frames
+        facts = read_video(data)
+    except MediaRejected as exc:
+        raise ValidationError(f"{name} is not a supported video (MP4): {exc.message}") from None
+    if facts.frames is not None and facts.frames > MAX_FRAMES:
+        raise ValidationError(f"{name} has {facts.frames} frames; max {MAX_FRAMES}")
+    return facts.frames

@@ -38,7 +38,8 @@ _POST_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 class WebhookDelivery(NamedTuple):
     """One POST the emulator made: where, the HTTP status answered (None: connection error or
-    timeout), and the `data.status` of the task in the body. Retries are separate records."""
+    timeout), and the task's status in the body, lowercased (the realistic wire may spell it
+    `Completed`). Retries are separate records."""
 
     endpoint: str
     status_code: int | None
@@ -120,7 +121,7 @@ class WebhookDispatcher:
         if self._closed or self._session is None:
             return
         data = payload["data"]
-        task_id, status = str(data.get("task_id", "")), str(data.get("status", ""))
+        task_id, status = str(data.get("task_id", "")), str(data.get("status", "")).lower()
         if not is_loopback_url(endpoint):
             self._stats.webhooks_refused += 1
             logger.warning(
