@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -115,6 +116,85 @@ def probe_image(data: bytes) -> ImageInfo:
         if data[at : at + len(magic)] == magic:
             raise InvalidInputError(f"{name} is not a supported image format (use JPEG, PNG or WebP)")
     raise InvalidInputError(f"not a JPEG, PNG or WebP image (starts with {_preview(data)})")
+
+
+def check_image_complete(data: bytes, info: ImageInfo) -> None:
+    """Refuse a file the service cannot decode although its header reads: cut short, or image
+    data that does not match the header (the service answers "failed to get valid image")."""
+    if info.format == "jpeg":
+        _check_jpeg_complete(data)
+    elif info.format == "png":
+        _check_png_complete(data, info)
+    else:
+        _check_webp_complete(data)
+
+
+def _check_jpeg_complete(data: bytes) -> None:
+    """Image data (SOS) must follow the header, and an end-of-image marker must follow it."""
+    scan = data.find(b"\xff\xda")
+    if scan < 0:
+        raise InvalidInputError("truncated JPEG (no image data after the header)")
+    if data.rfind(b"\xff\xd9") < scan:
+        raise InvalidInputError("truncated JPEG (no end-of-image marker after the image data)")
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(width: int, height: int, depth: int, color: int, interlace: int) -> int | None:
+    """Bytes the inflated image data must hold (filter byte per row), or None if unknown."""
+    channels = _PNG_CHANNELS.get(color)
+    if channels is None or depth not in (1, 2, 4, 8, 16):
+        return None
+    bits = depth * channels
+
+    def rows(w: int, h: int) -> int:
+        return h * ((w * bits + 7) // 8 + 1) if w > 0 and h > 0 else 0
+
+    if interlace == 0:
+        return rows(width, height)
+    return sum(rows((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
+
+
+def _check_png_complete(data: bytes, info: ImageInfo) -> None:
+    """Chunks up to IEND, and image data that inflates to exactly the size IHDR declares."""
+    depth, color, _comp, _filter, interlace = data[24:29]
+    expected = _png_raw_size(info.width, info.height, depth, color, interlace)
+    inflater = zlib.decompressobj()
+    produced = 0
+    pos = 8
+    while True:
+        if pos + 8 > len(data):
+            raise InvalidInputError("truncated PNG (no IEND chunk)")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if end > len(data):
+            raise InvalidInputError(f"truncated PNG (the {ctype.decode('latin-1')!r} chunk is cut short)")
+        if ctype == b"IEND":
+            break
+        if ctype == b"IDAT" and expected is not None:
+            chunk = data[pos + 8 : pos + 8 + length]
+            try:
+                while chunk:  # count the inflated bytes without keeping them (bounded memory)
+                    produced += len(inflater.decompress(chunk, 1 << 20))
+                    chunk = inflater.unconsumed_tail
+                    if produced > expected:
+                        break
+            except zlib.error as exc:
+                raise InvalidInputError(f"corrupt PNG (image data does not inflate: {exc})") from None
+        pos = end
+    if expected is not None and produced != expected:
+        raise InvalidInputError(
+            f"corrupt PNG (the image data holds {produced} bytes; "
+            f"its {info.width}x{info.height} header needs {expected})"
+        )
+
+
+def _check_webp_complete(data: bytes) -> None:
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    if riff_size + 8 > len(data):
+        raise InvalidInputError(f"truncated WebP (the file has {len(data)} bytes, its header says {riff_size + 8})")
 
 
 def _probe_jpeg(data: bytes) -> ImageInfo:

@@ -32,6 +32,7 @@ from ._mediainfo import (
     MAX_VIDEO_FRAMES,
     ImageInfo,
     VideoInfo,
+    check_image_complete,
     probe_image,
     probe_video,
 )
@@ -218,6 +219,10 @@ class Image(_Media):
             raise InvalidInputError(
                 f"{self.name}: is {info.width}x{info.height} pixels; the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
             )
+        try:
+            check_image_complete(data, info)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{self.name}: {exc}") from None
         return info
 
 

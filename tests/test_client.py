@@ -122,7 +122,7 @@ async def test_get_task_and_wait_through_statuses(emu: Emulator, fixtures: Path)
         emu_slow.advance(10)
         done = await c.wait(created.task_id)
         assert done.status is TaskStatus.COMPLETED
-        assert done.meta.usage is not None and done.meta.usage.consume == pytest.approx(0.01)
+        assert done.meta.usage is not None and done.meta.usage.consume == 1_000_000  # points, never USD
 
 
 async def test_failed_task_raises_task_failed_error_with_task(

@@ -27,6 +27,19 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
+def _png_whole(width: int, height: int) -> bytes:
+    """A complete, decodable grey PNG of this size (8-bit greyscale, every row filter 0)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"".join(b"\x00" + b"\x80" * width for _ in range(height)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
 # -- plain values are classified without guessing ---------------------------------------------
 
 
@@ -100,12 +113,21 @@ async def test_too_wide_fixture_names_size_and_limit(fixtures: Path) -> None:
 
 @pytest.mark.parametrize(("width", "height", "ok"), [(2048, 2048, True), (2049, 10, False), (10, 2049, False)])
 async def test_side_limit_is_inclusive(width: int, height: int, ok: bool) -> None:
-    img = Image.from_bytes(_png_header(width, height), name="probe.png")
+    img = Image.from_bytes(_png_whole(width, height) if ok else _png_header(width, height), name="probe.png")
     if ok:
         assert (await img.load()).info.width == width
     else:
         with pytest.raises(InvalidInputError, match="limit is 2048x2048"):
             await img.load()
+
+
+async def test_a_file_the_service_cannot_decode_is_refused_first() -> None:
+    whole = _png_whole(64, 48)
+    assert (await Image.from_bytes(whole, name="ok.png").load()).info.width == 64
+    with pytest.raises(InvalidInputError, match=r"cut\.png: truncated PNG"):
+        await Image.from_bytes(whole[: len(whole) // 2], name="cut.png").load()
+    with pytest.raises(InvalidInputError, match=r"header-only\.png: truncated PNG"):
+        await Image.from_bytes(_png_header(64, 48), name="header-only.png").load()
 
 
 async def test_over_10_mb_file(tmp_path: Path) -> None:
