@@ -7,6 +7,7 @@ above anything a loaded machine needs, and `count_calls` measures work by counti
 from __future__ import annotations
 
 import base64
+import gc
 import struct
 import sys
 import zlib
@@ -77,12 +78,16 @@ def count_calls() -> Iterator[Calls]:
         elif event == "c_call":
             calls.builtin += 1
 
+    collecting = gc.isenabled()
+    gc.disable()  # a collection would run unrelated finalizers inside the counted code
     previous = sys.getprofile()
     sys.setprofile(profile)
     try:
         yield calls
     finally:
         sys.setprofile(previous)
+        if collecting:
+            gc.enable()
 
 
 @asynccontextmanager
