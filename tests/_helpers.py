@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import socket
 import struct
 import sys
 import zlib
@@ -158,3 +159,10 @@ def header_only_mp4(frames: int, width: int = 64, height: int = 48) -> bytes:
     trak = _box(b"trak", tkhd, _box(b"mdia", _full(b"mdhd", b"\0" * 20), hdlr, minf))
     moov = _box(b"moov", _full(b"mvhd", b"\0" * 96), trak)
     return _box(b"ftyp", b"isom\0\0\x02\0isomiso2mp41") + moov + _box(b"mdat", b"\0" * 64)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import traceback
 import uuid
@@ -56,6 +55,7 @@ from qubico_async.journal import Journal
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import MalformedWebhookError, WebhookHub
 
+from ._helpers import free_port
 from .test_batch import FACE, png
 
 pytestmark = pytest.mark.anyio
@@ -135,12 +135,6 @@ async def expect(seen: Seen, label: str, cls: type[BaseException], coro: Any) ->
         await coro
     seen.obj(label, info.value)
     return info.value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
