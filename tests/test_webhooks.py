@@ -305,7 +305,7 @@ BODYISH = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(value=BODYISH, as_json=st.booleans())
 def test_fuzz_parse_returns_an_event_or_malformed(value: Any, as_json: bool) -> None:
     raw: Any = json.dumps(value).encode() if as_json else value
@@ -317,7 +317,7 @@ def test_fuzz_parse_returns_an_event_or_malformed(value: Any, as_json: bool) -> 
     assert isinstance(event.timestamp, int) and isinstance(event.task, Task)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(raw=st.binary(max_size=64) | st.text(max_size=64))
 def test_fuzz_parse_raw_bytes(raw: bytes | str) -> None:
     with suppress(MalformedWebhookError):
