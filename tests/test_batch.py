@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import sys
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,15 +26,9 @@ from qubico_async import (
     RetryPolicy,
 )
 from qubico_async.testing import Emulator, identity
+from tests._helpers import png, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-def png(i: int, size: int = 64) -> bytes:
-    """A distinct valid PNG per i (the emulator checks headers; content only has to differ)."""
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return head + f"job-{i}".encode()
 
 
 FACE = png(10_000_000)
@@ -262,9 +254,16 @@ async def test_cancelling_the_consumer_closes_everything(emu_b: Emulator, tmp_pa
     journal = tmp_path / "run.sqlite"
     async with QubicoClient(api_key="k", base_url=emu_b.base_url, poll=PollPolicy.instant()) as c:
         before = asyncio.all_tasks()
-        with anyio.move_on_after(0.3):
+
+        async def consume() -> None:
             async for _ in c.swap_many(jobs(10), concurrency=4, journal=journal):
                 pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            # Cancelled once all 4 slots are created and being polled (journaled), not after a delay.
+            await wait_until(lambda: emu_b.stats.creates == 4 and emu_b.stats.gets >= 4)
+            tg.cancel_scope.cancel()
         await anyio.sleep(0.01)
         leftover = [t for t in asyncio.all_tasks() - before if "web_protocol" not in repr(t)]
         assert leftover == []

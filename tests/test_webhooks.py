@@ -35,7 +35,7 @@ from qubico_async.webhooks import (
     verify,
     wait_first,
 )
-from tests._helpers import count_calls
+from tests._helpers import HANG_GUARD, count_calls
 
 pytestmark = pytest.mark.anyio
 
@@ -423,7 +423,7 @@ async def test_late_subscriber_gets_remembered_terminal_result() -> None:
     hub.handle(HEADERS, body("t-1", "completed", ts=5))
     hub.handle(HEADERS, body("t-1", "processing", ts=4))  # late, out-of-order retry
     assert hub.latest("t-1").status is TaskStatus.COMPLETED  # type: ignore[union-attr]
-    with anyio.fail_after(1), hub.subscribe("t-1") as sub:
+    with anyio.fail_after(HANG_GUARD), hub.subscribe("t-1") as sub:
         assert (await sub.terminal()).status is TaskStatus.COMPLETED
     assert hub.waiting == 0
 
@@ -558,7 +558,7 @@ async def test_wait_first_webhook_wins_and_polling_stops() -> None:
     result: list[Task] = []
 
     async def waiter() -> None:
-        result.append(await wait_first(hub, "t-1", poll, poll_interval=0.01, timeout=5))
+        result.append(await wait_first(hub, "t-1", poll, poll_interval=0.01, timeout=HANG_GUARD))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
@@ -576,7 +576,7 @@ async def test_wait_first_returns_at_once_for_a_remembered_delivery() -> None:
     hub = WebhookHub(SECRET)
     hub.handle(HEADERS, body("t-1", "failed"))
     poll = FakePoll()
-    with anyio.fail_after(1):
+    with anyio.fail_after(HANG_GUARD):
         got = await wait_first(hub, "t-1", poll, poll_interval=0.2, timeout=None)
     assert got.status is TaskStatus.FAILED and poll.calls == 0
 
@@ -585,8 +585,8 @@ async def test_wait_first_poll_wins_when_the_webhook_is_dropped() -> None:
     hub = WebhookHub(SECRET)
     final = task("t-1", TaskStatus.COMPLETED)
     poll = FakePoll(task("t-1", TaskStatus.PENDING), task("t-1", TaskStatus.PROCESSING), final)
-    with anyio.fail_after(2):
-        got = await wait_first(hub, "t-1", poll, poll_interval=0, timeout=1)
+    with anyio.fail_after(HANG_GUARD):
+        got = await wait_first(hub, "t-1", poll, poll_interval=0, timeout=HANG_GUARD)
     assert got is final and poll.calls == 3
     assert hub.latest("t-1") is final  # polling fed the hub: other waiters share the result
     assert hub.waiting == 0
@@ -595,7 +595,7 @@ async def test_wait_first_poll_wins_when_the_webhook_is_dropped() -> None:
 async def test_wait_first_trusts_a_terminal_poll_result_under_another_id() -> None:
     hub = WebhookHub(SECRET)
     final = task("T-1", TaskStatus.COMPLETED)  # e.g. the service normalised the id
-    with anyio.fail_after(1):
+    with anyio.fail_after(HANG_GUARD):
         assert await wait_first(hub, "t-1", FakePoll(final), poll_interval=0, timeout=None) is final
     assert hub.waiting == 0
 
@@ -603,7 +603,7 @@ async def test_wait_first_trusts_a_terminal_poll_result_under_another_id() -> No
 async def test_wait_first_accepts_an_interval_iterable() -> None:
     hub = WebhookHub(SECRET)
     poll = FakePoll(task("t-1", TaskStatus.PENDING), task("t-1", TaskStatus.COMPLETED))
-    got = await wait_first(hub, "t-1", poll, poll_interval=iter([0.0, 0.001, 0.002]), timeout=1)
+    got = await wait_first(hub, "t-1", poll, poll_interval=iter([0.0, 0.001, 0.002]), timeout=HANG_GUARD)
     assert got.status is TaskStatus.COMPLETED
     with pytest.raises(ValueError, match="poll_interval"):
         await wait_first(hub, "t-2", poll, poll_interval=-1, timeout=1)
@@ -645,8 +645,8 @@ async def test_wait_first_keeps_polling_through_transient_errors(caplog: pytest.
         RateLimitError("slow down", status=429, retry_after=0.01),
         task("t-1", TaskStatus.COMPLETED),
     )
-    with caplog.at_level(logging.WARNING, logger="qubico_async"), anyio.fail_after(2):
-        got = await wait_first(hub, "t-1", poll, poll_interval=0, timeout=1)
+    with caplog.at_level(logging.WARNING, logger="qubico_async"), anyio.fail_after(HANG_GUARD):
+        got = await wait_first(hub, "t-1", poll, poll_interval=0, timeout=HANG_GUARD)
     assert got.status is TaskStatus.COMPLETED and poll.calls == 4
     assert len([r for r in caplog.records if "will retry" in r.getMessage()]) == 3
 
@@ -659,7 +659,7 @@ async def test_wait_first_propagates_other_errors_unwrapped(error: Exception) ->
     hub = WebhookHub(SECRET)
     poll = FakePoll(task("t-1", TaskStatus.PENDING), error)
     with pytest.raises(type(error)) as info:
-        await wait_first(hub, "t-1", poll, poll_interval=0, timeout=1)
+        await wait_first(hub, "t-1", poll, poll_interval=0, timeout=HANG_GUARD)
     assert info.value is error
     assert hub.waiting == 0
 
