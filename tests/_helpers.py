@@ -22,6 +22,8 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from qubico_async.webhooks import MalformedWebhookError, WebhookHub, WebhookVerificationError
+
 FIXTURES = Path(__file__).parent / "fixtures"
 ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
 HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
@@ -166,3 +168,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def hub_endpoint(hub: WebhookHub, *, access_log: bool = False) -> AsyncIterator[str]:
+    """A webhook endpoint on loopback feeding `hub` (401 for a bad secret, 400 for a bad body);
+    yields its URL."""
+
+    async def receive(request: web.Request) -> web.Response:
+        try:
+            hub.handle(request.headers, await request.read())
+        except WebhookVerificationError:
+            return web.Response(status=401)
+        except MalformedWebhookError:
+            return web.Response(status=400)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    async with serve(app, access_log=access_log) as base:
+        yield f"{base}/hook"

@@ -32,14 +32,13 @@ from typing import Any
 
 import anyio
 import pytest
-from aiohttp import web
 
 from qubico_async import FaceSwap, Job, PollPolicy, QubicoClient, RetryPolicy, Task, TaskStatus, WebhookConfig
 from qubico_async.journal import Journal
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import WebhookHub
 
-from ._helpers import HANG_GUARD
+from ._helpers import HANG_GUARD, hub_endpoint
 from .test_batch import FACE, png
 
 pytestmark = pytest.mark.anyio
@@ -197,20 +196,8 @@ async def emu_x() -> AsyncIterator[Emulator]:
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[WebhookHub, str]]:
     hub = WebhookHub(SECRET)
-
-    async def receive(request: web.Request) -> web.Response:
-        hub.handle(request.headers, await request.read())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield hub, f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    finally:
-        await runner.cleanup()
+    async with hub_endpoint(hub) as url:
+        yield hub, url
 
 
 # --- the test -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from qubico_async.testing import Emulator, Faults, SwapJob, WebhookDelivery, WebhookFaults, identity
-from tests._helpers import ASTRONAUT, HANG_GUARD, HOPPER, wait_until
+from tests._helpers import ASTRONAUT, HANG_GUARD, HOPPER, serve, wait_until
 
 KEY = "emu-key"
 
@@ -54,16 +54,13 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        yield rec
-    finally:
-        if rec.hold is not None:
-            rec.hold.set()
-        await runner.cleanup()
+    async with serve(app) as base:
+        rec.url = f"{base}/hook"
+        try:
+            yield rec
+        finally:
+            if rec.hold is not None:
+                rec.hold.set()
 
 
 def body_with_hook(endpoint: str, secret: str | None = "s3cr3t") -> dict[str, Any]:

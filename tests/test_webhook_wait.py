@@ -26,7 +26,7 @@ from qubico_async import (
 from qubico_async.integrations.aiohttp import webhook_route
 from qubico_async.testing import Emulator
 from qubico_async.webhooks import WebhookHub
-from tests._helpers import HANG_GUARD, wait_until
+from tests._helpers import HANG_GUARD, serve, wait_until
 from tests.test_integrations_aiohttp import SECRET, SLOW, png
 
 pytestmark = pytest.mark.anyio
@@ -50,11 +50,8 @@ async def setup(emu: Emulator) -> AsyncIterator[Setup]:
     hub = WebhookHub(SECRET)
     app = web.Application()
     app.add_routes([webhook_route(hub)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        hook = WebhookConfig(f"http://127.0.0.1:{runner.addresses[0][1]}/qubico/webhook", SECRET)
+    async with serve(app) as base:
+        hook = WebhookConfig(f"{base}/qubico/webhook", SECRET)
         async with QubicoClient(
             emu.api_key,
             base_url=emu.base_url,
@@ -63,8 +60,6 @@ async def setup(emu: Emulator) -> AsyncIterator[Setup]:
             webhooks=hub,
         ) as client:
             yield Setup(emu, hub, client, hook)
-    finally:
-        await runner.cleanup()
 
 
 # asyncio's debug mode (`python -X dev`, as `make test` runs) records a stack per callback, which
