@@ -452,20 +452,20 @@ def test_mp4_invalid(data: bytes, message: str) -> None:
 
 
 def test_hostile_mp4_finishes_fast() -> None:
-    many = box(b"moov", b"".join(box(b"trak", box(b"mdia")) for _ in range(60_000)))
-    stbl = box(b"stbl", box(b"free") * 60_000)
+    many = box(b"moov", b"".join(box(b"trak", box(b"mdia")) for _ in range(20_000)))
+    stbl = box(b"stbl", box(b"free") * 20_000)
     nested = box(b"moov", box(b"trak", box(b"mdia", hdlr(b"vide"), box(b"minf", stbl))))
     # Linear work: at most 10 calls per box (counted, so load cannot change it); a walk that went
-    # back to the start for every box would make billions.
+    # back to the start for every box would make hundreds of millions.
     with count_calls() as calls, pytest.raises(InvalidInputError, match="no video track"):
         probe_video(mp4(many))
-    assert calls.total <= 10 * 120_000
+    assert calls.total <= 10 * 40_000
     with count_calls() as calls:
         assert probe_video(mp4(nested)) == VideoInfo("mp4", None, None, None)
-    assert calls.total <= 10 * 60_000
+    assert calls.total <= 10 * 20_000
     with count_calls() as calls:
-        assert probe_video(mp4(box(b"free") * 200_000)).frames is None
-    assert calls.total <= 10 * 200_000
+        assert probe_video(mp4(box(b"free") * 60_000)).frames is None
+    assert calls.total <= 10 * 60_000
 
 
 # ---------------------------------------------------------------- fuzzing
