@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from qubico_async import PollPolicy, QubicoClient, RetryPolicy
@@ -40,3 +41,10 @@ async def client(emu: Emulator) -> AsyncIterator[QubicoClient]:
         poll=PollPolicy.instant(timeout=10),
     ) as c:
         yield c
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A bare aiohttp session, for tests that speak the wire format themselves."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import sys
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,20 +26,9 @@ from qubico_async import (
     RetryPolicy,
 )
 from qubico_async.testing import Emulator, identity
+from tests._helpers import png, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-def png(i: int, size: int = 64) -> bytes:
-    """A distinct valid PNG per i (a whole image, then a tag after IEND so the bytes differ)."""
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-
-    def chunk(ctype: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-    pixels = zlib.compress(bytes(size * (1 + 3 * size)))  # a whole, decodable black image
-    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    return head + f"job-{i}".encode()
 
 
 FACE = png(10_000_000)
@@ -225,18 +212,18 @@ async def test_account_error_stops_the_batch_at_once(client_b: QubicoClient, emu
 
 
 async def test_429_storm_every_job_accounted_for(emu_b: Emulator) -> None:
-    # 200 rate-limit answers spread over creates and polls
-    emu_b.faults.script("any", 429, '{"code":429,"message":"too many"}', headers={"Retry-After": "0"}, times=200)
+    # 100 rate-limit answers spread over creates and polls: more 429s than jobs, most jobs hit
+    emu_b.faults.script("any", 429, '{"code":429,"message":"too many"}', headers={"Retry-After": "0"}, times=100)
     policy = RetryPolicy(max_attempts=50, base=0.001, cap=0.01, jitter=0.5)
     async with (
         QubicoClient(api_key="k", base_url=emu_b.base_url, retry=policy, poll=PollPolicy.instant()) as c,
-        c.swap_many(jobs(150), concurrency=40) as batch,
+        c.swap_many(jobs(75), concurrency=40) as batch,
     ):
         outcomes = [o async for o in batch]
-    assert len(outcomes) == 150
-    assert Counter(o.status for o in outcomes) == {"succeeded": 150}
-    assert emu_b.stats.creates == 150
-    assert emu_b.stats.requests_by_status[429] == 200
+    assert len(outcomes) == 75
+    assert Counter(o.status for o in outcomes) == {"succeeded": 75}
+    assert emu_b.stats.creates == 75
+    assert emu_b.stats.requests_by_status[429] == 100
 
 
 async def test_uncertain_create_is_reported_not_retried(client_b: QubicoClient, emu_b: Emulator) -> None:
@@ -267,9 +254,16 @@ async def test_cancelling_the_consumer_closes_everything(emu_b: Emulator, tmp_pa
     journal = tmp_path / "run.sqlite"
     async with QubicoClient(api_key="k", base_url=emu_b.base_url, poll=PollPolicy.instant()) as c:
         before = asyncio.all_tasks()
-        with anyio.move_on_after(0.3):
+
+        async def consume() -> None:
             async for _ in c.swap_many(jobs(10), concurrency=4, journal=journal):
                 pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            # Cancelled once all 4 slots are created and being polled (journaled), not after a delay.
+            await wait_until(lambda: emu_b.stats.creates == 4 and emu_b.stats.gets >= 4)
+            tg.cancel_scope.cancel()
         await anyio.sleep(0.01)
         leftover = [t for t in asyncio.all_tasks() - before if "web_protocol" not in repr(t)]
         assert leftover == []

@@ -18,6 +18,7 @@ from qubico_async._batch_cli import read_manifest
 from qubico_async.errors import InvalidInputError
 from qubico_async.testing import Emulator, identity
 
+from ._helpers import HANG_GUARD
 from .test_batch import FACE, png
 
 pytestmark = pytest.mark.anyio
@@ -116,16 +117,16 @@ async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(emu_c: Emulator, tmp_
     emu_c.processing_seconds = 0.2
     face = tmp_path / "face.png"
     face.write_bytes(FACE)
-    targets = _targets(tmp_path / "in", 30)
+    targets = _targets(tmp_path / "in", 12)  # 4 in flight, 5 created at the Ctrl-C: mid-batch
     out = tmp_path / "out"
     args = ["batch", "--swap", str(face), "--targets", str(targets), "--out", str(out), "--concurrency", "4"]
     proc = await anyio.open_process([sys.executable, "-m", "qubico_async", *args], env=_env(emu_c))
     async with proc:
-        with anyio.fail_after(20):
-            while emu_c.stats.creates < 6:
+        with anyio.fail_after(HANG_GUARD):
+            while emu_c.stats.creates < 5:
                 await anyio.sleep(0.01)
         proc.send_signal(signal.SIGINT)
-        with anyio.fail_after(20):
+        with anyio.fail_after(HANG_GUARD):
             await proc.wait()
         assert proc.stderr is not None
         err = (await proc.stderr.receive()).decode() if proc.returncode is not None else ""
@@ -134,8 +135,8 @@ async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(emu_c: Emulator, tmp_
     code, output = await _cli(emu_c, *args, "--resume")
     assert code == 0, output
     per_input = Counter(t.input["target_image"] for t in emu_c.tasks.values())
-    assert len(per_input) == 30 and max(per_input.values()) == 1
-    assert len(list(out.glob("*-swapped.png"))) == 30
+    assert len(per_input) == 12 and max(per_input.values()) == 1
+    assert len(list(out.glob("*-swapped.png"))) == 12
 
 
 def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
@@ -177,7 +178,7 @@ async def test_emulator_command_serves(tmp_path: Path) -> None:
     async with proc:
         try:
             assert proc.stdout is not None
-            with anyio.fail_after(20):
+            with anyio.fail_after(HANG_GUARD):
                 text = ""
                 while "api_key" not in text:
                     text += (await proc.stdout.receive()).decode()
@@ -188,7 +189,7 @@ async def test_emulator_command_serves(tmp_path: Path) -> None:
                     assert (await resp.json())["data"]["max_concurrent_task_count"] > 0
         finally:
             proc.send_signal(signal.SIGINT)
-            with anyio.fail_after(10):
+            with anyio.fail_after(HANG_GUARD):
                 await proc.wait()
 
 

@@ -28,6 +28,7 @@ from qubico_async import (
     WebhookConfig,
 )
 from qubico_async.testing import Emulator
+from tests._helpers import HANG_GUARD
 
 pytestmark = pytest.mark.anyio
 
@@ -163,7 +164,7 @@ async def test_wait_deadline_raises_and_leaves_task_alive(fixtures: Path) -> Non
             assert isinstance(err, TimeoutError)
             # The remote task is untouched: it finishes later and can still be collected.
             slow.advance(1000)
-            assert (await c.wait(created.task_id, timeout=5)).status.is_success
+            assert (await c.wait(created.task_id, timeout=HANG_GUARD)).status.is_success
             assert slow.stats.creates == 1
 
 

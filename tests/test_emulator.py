@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import struct
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,11 +15,8 @@ import pytest
 from qubico_async.testing import DEFAULT_FAILURE_MESSAGE, Emulator, Faults, SwapJob, _faceswap, identity
 from qubico_async.testing._cli import _announce, build_parser, main, serve_forever
 from qubico_async.testing._faults import TokenBucket, retry_after_header
+from tests._helpers import ASTRONAUT, FIXTURES, GROUP, HANG_GUARD, HOPPER, b64, header_only_mp4, wait_until
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
-HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
-GROUP = (FIXTURES / "group-two-faces.jpg").read_bytes()
 TOO_WIDE = (FIXTURES / "too-wide-2049.png").read_bytes()
 IMAGE = "Qubico/image-toolkit"
 VIDEO = "Qubico/video-toolkit"
@@ -32,32 +25,8 @@ KEY = "emu-key"
 pytestmark = pytest.mark.anyio
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64,{b64(data)}"
-
-
-def _box(btype: bytes, *parts: bytes) -> bytes:
-    payload = b"".join(parts)
-    return struct.pack(">I4s", 8 + len(payload), btype) + payload
-
-
-def _full(btype: bytes, payload: bytes) -> bytes:
-    return _box(btype, b"\0\0\0\0" + payload)
-
-
-def tiny_mp4(frames: int, width: int = 64, height: int = 48) -> bytes:
-    """A header-only MP4 with one video track of `frames` samples (enough for probe_video)."""
-    tkhd = _full(b"tkhd", b"\0" * 72 + struct.pack(">II", width << 16, height << 16))
-    hdlr = _full(b"hdlr", b"\0" * 4 + b"vide" + b"\0" * 12 + b"name\0")
-    stbl = _box(b"stbl", _full(b"stsz", struct.pack(">II", 100, frames)))
-    minf = _box(b"minf", _box(b"vmhd", b"\0" * 12), stbl)
-    trak = _box(b"trak", tkhd, _box(b"mdia", _full(b"mdhd", b"\0" * 20), hdlr, minf))
-    moov = _box(b"moov", _full(b"mvhd", b"\0" * 96), trak)
-    return _box(b"ftyp", b"isom\0\0\x02\0isomiso2mp41") + moov + _box(b"mdat", b"\0" * 64)
 
 
 def face_swap_body(target: str | None = None, swap: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -67,20 +36,6 @@ def face_swap_body(target: str | None = None, swap: str | None = None, **extra: 
         "input": {"target_image": target or data_uri(ASTRONAUT), "swap_image": swap or b64(HOPPER)},
         **extra,
     }
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await anyio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 class Api:
@@ -221,7 +176,7 @@ async def test_multi_face_swap_price_and_indices(http: aiohttp.ClientSession) ->
 
 
 async def test_video_face_swap(http: aiohttp.ClientSession) -> None:
-    video = tiny_mp4(frames=10)
+    video = header_only_mp4(frames=10)
     async with Emulator(api_key=KEY, wire="plain", processor=identity) as emu:
         api = Api(http, emu)
         body = {
@@ -365,7 +320,7 @@ INVALID: list[tuple[str, Any, str]] = [
         {
             "model": VIDEO,
             "task_type": "face-swap",
-            "input": {"target_video": b64(tiny_mp4(601)), "swap_image": b64(HOPPER)},
+            "input": {"target_video": b64(header_only_mp4(601)), "swap_image": b64(HOPPER)},
         },
         "target_video has 601 frames; max 600",
     ),
@@ -505,17 +460,34 @@ async def test_stats_counters(http: aiohttp.ClientSession) -> None:
 
 
 async def test_latency(http: aiohttp.ClientSession) -> None:
-    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(latency=0.15)) as emu:
+    """Latency holds every API response; set back to 0, later requests are answered at once.
+
+    Proved by order, not by a clock: with an hour of latency, a request sent later without it is
+    answered while the first one is still held (until closing drops it).
+    """
+    async with Emulator(api_key=KEY, wire="plain", processor=identity, faults=Faults(latency=3600)) as emu:
         api = Api(http, emu)
-        started = time.monotonic()
-        status, _, _ = await api.account()
-        assert status == 200 and time.monotonic() - started >= 0.15
         with pytest.raises(TimeoutError):
             await api.create(face_swap_body(), timeout=aiohttp.ClientTimeout(total=0.05))
-        emu.faults.latency = 0
-        started = time.monotonic()
-        await api.account()
-        assert time.monotonic() - started < 0.15
+        assert emu.stats.creates == 0  # held before the handler: nothing stored
+        held: list[str] = []
+
+        async def first() -> None:
+            try:
+                await api.account()
+                held.append("answered")
+            except aiohttp.ClientError:
+                held.append("dropped")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await wait_until(lambda: emu.stats.account_requests == 1)  # received, now in its latency
+            emu.faults.latency = 0
+            status, _, _ = await api.account()
+            assert status == 200 and held == []  # the later request overtook the held one
+            await emu.aclose()  # closing wakes the held request: dropped, not answered
+        assert held == ["dropped"]
+        assert emu.stats.account_requests == 2 and emu.stats.requests_by_status == {200: 1}
 
 
 async def test_error_rate_answers_5xx_and_stores_nothing(http: aiohttp.ClientSession) -> None:
@@ -592,16 +564,17 @@ async def test_aclose_drops_stalled_requests_promptly(http: aiohttp.ClientSessio
 
     async def stalled() -> None:
         try:
-            await api.create(face_swap_body(), timeout=aiohttp.ClientTimeout(total=5))
+            await api.create(face_swap_body(), timeout=aiohttp.ClientTimeout(total=HANG_GUARD))
         except aiohttp.ClientError as exc:
             errors.append(exc)
 
-    started = time.monotonic()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stalled)
-        await wait_until(lambda: emu.stats.creates == 1)
-        await emu.aclose()
-    assert time.monotonic() - started < 2
+    # The stall lasts an hour (`stall_seconds`): an aclose() that waited for it would hit the guard,
+    # and the client would not see a disconnect.
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stalled)
+            await wait_until(lambda: emu.stats.creates == 1)
+            await emu.aclose()
     assert len(errors) == 1 and isinstance(errors[0], aiohttp.ServerDisconnectedError)
     await emu.aclose()  # idempotent
 
@@ -676,7 +649,7 @@ async def test_processor_runs_off_loop_once_and_its_errors_fail_the_task(http: a
 
     def slow_swap(job: SwapJob) -> bytes:
         calls.append(job)
-        if not release.wait(5):
+        if not release.wait(2 * HANG_GUARD):
             raise RuntimeError("test never released the processor")
         if job.swap == GROUP:
             raise ValueError("no face detected in swap_image")
@@ -686,7 +659,7 @@ async def test_processor_runs_off_loop_once_and_its_errors_fail_the_task(http: a
         async with Emulator(api_key=KEY, wire="plain", processor=slow_swap) as emu:
             api = Api(http, emu)
             task_id = await api.new_task()
-            with anyio.fail_after(1):  # GETs stay fast while the processor is blocked
+            with anyio.fail_after(HANG_GUARD):  # hang guard: the GETs are answered while the processor is blocked
                 statuses = {(await api.task(task_id))["status"] for _ in range(5)}
             assert statuses == {"processing"}
             await wait_until(lambda: len(calls) == 1)  # the worker thread may start a moment later
@@ -712,16 +685,17 @@ async def test_aclose_does_not_wait_for_a_stuck_processor(http: aiohttp.ClientSe
     release = threading.Event()
 
     def stuck(job: SwapJob) -> bytes:
-        release.wait(5)
+        release.wait(2 * HANG_GUARD)
         return job.target
 
     try:
-        started = time.monotonic()
-        async with Emulator(api_key=KEY, wire="plain", processor=stuck) as emu:
-            api = Api(http, emu)
-            task_id = await api.new_task()
-            assert (await api.task(task_id))["status"] == "processing"
-        assert time.monotonic() - started < 2
+        # The processor stays stuck for twice the guard: an exit that waited for it would hit the guard.
+        with anyio.fail_after(HANG_GUARD):
+            async with Emulator(api_key=KEY, wire="plain", processor=stuck) as emu:
+                api = Api(http, emu)
+                task_id = await api.new_task()
+                assert (await api.task(task_id))["status"] == "processing"
+        assert not release.is_set()  # it was still stuck when the emulator closed
     finally:
         release.set()
 
@@ -739,7 +713,7 @@ async def test_serve_forever_until_cancelled(http: aiohttp.ClientSession) -> Non
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve_forever(0, "cli-key", pending_seconds=0, ready=on_ready))
-        with anyio.fail_after(2):
+        with anyio.fail_after(HANG_GUARD):
             await ready.wait()
         emu = seen[0]
         assert emu.api_key == "cli-key" and emu.port > 0
@@ -759,7 +733,7 @@ async def test_cli_announces_the_upload_url_and_the_engine(capsys: pytest.Captur
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve_forever(0, "cli-key", engine="identity", ready=on_ready))
-        with anyio.fail_after(2):
+        with anyio.fail_after(HANG_GUARD):
             await ready.wait()
         tg.cancel_scope.cancel()
     out = capsys.readouterr().out

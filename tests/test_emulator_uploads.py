@@ -2,71 +2,29 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import struct
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from qubico_async.testing import Emulator, identity
+from qubico_async.testing import Emulator
+from tests._helpers import ASTRONAUT, FIXTURES, HOPPER, b64, header_only_mp4
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
-HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
 TOO_WIDE = (FIXTURES / "too-wide-2049.png").read_bytes()
 TINY_MP4 = (FIXTURES / "tiny.mp4").read_bytes()
-KEY = "emu-key"
+EMU_KEY = object()  # upload()'s default: the emulator's own API key
 DAY = 24 * 3600
 
 pytestmark = pytest.mark.anyio
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _box(btype: bytes, *parts: bytes) -> bytes:
-    payload = b"".join(parts)
-    return struct.pack(">I4s", 8 + len(payload), btype) + payload
-
-
-def _full(btype: bytes, payload: bytes) -> bytes:
-    return _box(btype, b"\0\0\0\0" + payload)
-
-
-def header_only_mp4(frames: int) -> bytes:
-    """An MP4 whose header declares `frames` video samples (enough for the frame-count check)."""
-    tkhd = _full(b"tkhd", b"\0" * 72 + struct.pack(">II", 64 << 16, 48 << 16))
-    hdlr = _full(b"hdlr", b"\0" * 4 + b"vide" + b"\0" * 12 + b"name\0")
-    stbl = _box(b"stbl", _full(b"stsz", struct.pack(">II", 100, frames)))
-    trak = _box(
-        b"trak",
-        tkhd,
-        _box(b"mdia", _full(b"mdhd", b"\0" * 20), hdlr, _box(b"minf", _box(b"vmhd", b"\0" * 12), stbl)),
-    )
-    moov = _box(b"moov", _full(b"mvhd", b"\0" * 96), trak)
-    return _box(b"ftyp", b"isom\0\0\x02\0isomiso2mp41") + moov + _box(b"mdat", b"\0" * 64)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(api_key=KEY, wire="plain", processor=identity) as server:
-        yield server
-
-
-async def upload(http: aiohttp.ClientSession, emu: Emulator, body: Any, key: str | None = KEY) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"} | ({} if key is None else {"x-api-key": key})
+async def upload(
+    http: aiohttp.ClientSession, emu: Emulator, body: Any, key: str | object | None = EMU_KEY
+) -> tuple[int, Any]:
+    key = emu.api_key if key is EMU_KEY else key
+    headers = {"Content-Type": "application/json"} | ({} if key is None else {"x-api-key": str(key)})
     data = io.BytesIO(json.dumps(body).encode())  # large bodies as a stream (aiohttp warns otherwise)
     async with http.post(f"{emu.upload_url}/api/ephemeral_resource", data=data, headers=headers) as resp:
         text = await resp.text()
@@ -91,7 +49,7 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes, str]
 async def run_task(http: aiohttp.ClientSession, emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     """Create a task and GET it (zero durations: it ends on the first GET, or once a loopback URL
     input has been fetched: `drain()` waits for that, then a second GET)."""
-    headers = {"x-api-key": KEY}
+    headers = {"x-api-key": emu.api_key}
     async with http.post(f"{emu.base_url}/api/v1/task", json=body, headers=headers) as resp:
         created = await resp.json()
         assert resp.status == 200, created
@@ -251,9 +209,9 @@ async def test_scripted_upload_response(http: aiohttp.ClientSession, emu: Emulat
 
 async def test_upload_route_is_only_on_the_upload_site(http: aiohttp.ClientSession, emu: Emulator) -> None:
     body = {"file_name": "a.jpg", "file_data": b64(HOPPER)}
-    async with http.post(f"{emu.base_url}/api/ephemeral_resource", json=body, headers={"x-api-key": KEY}) as r:
+    async with http.post(f"{emu.base_url}/api/ephemeral_resource", json=body, headers={"x-api-key": emu.api_key}) as r:
         assert r.status == 404
-    async with http.get(f"{emu.upload_url}/api/v1/task/x", headers={"x-api-key": KEY}) as r:
+    async with http.get(f"{emu.upload_url}/api/v1/task/x", headers={"x-api-key": emu.api_key}) as r:
         assert r.status == 404
     async with http.get(f"{emu.upload_url}/api/ephemeral_resource") as r:
         assert r.status == 405

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,10 +17,8 @@ import pytest
 from aiohttp import web
 
 from qubico_async.testing import Emulator, Faults, SwapJob, WebhookDelivery, WebhookFaults, identity
+from tests._helpers import ASTRONAUT, HANG_GUARD, HOPPER, serve, wait_until
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
-HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
 KEY = "emu-key"
 
 pytestmark = pytest.mark.anyio
@@ -35,10 +32,14 @@ class Receiver:
         self.answers: list[int] = []
         self.hold: anyio.Event | None = None  # when set, requests wait for it before answering
         self.url = ""
+        self.clock: Callable[[], float] | None = None  # when set, read at every call into `clock_at_call`
+        self.clock_at_call: list[float] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append((dict(request.headers), body))
+        if self.clock is not None:
+            self.clock_at_call.append(self.clock())
         if self.hold is not None:
             await self.hold.wait()
         return web.Response(status=self.answers.pop(0) if self.answers else 200, text="ok")
@@ -53,30 +54,13 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        yield rec
-    finally:
-        if rec.hold is not None:
-            rec.hold.set()
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await anyio.sleep(0.005)
-    raise AssertionError("condition not reached")
+    async with serve(app) as base:
+        rec.url = f"{base}/hook"
+        try:
+            yield rec
+        finally:
+            if rec.hold is not None:
+                rec.hold.set()
 
 
 def body_with_hook(endpoint: str, secret: str | None = "s3cr3t") -> dict[str, Any]:
@@ -148,7 +132,9 @@ async def test_no_secret_no_header_and_failed_tasks_are_delivered(
 
 
 async def test_ticker_follows_advance_without_any_get(http: aiohttp.ClientSession, receiver: Receiver) -> None:
-    async with fast(pending_seconds=5, processing_seconds=10) as emu:
+    # An hour of processing: a ticker that only slept until the real deadline (or its 60 s cap)
+    # would miss the hang guard; only the wake-up by advance() delivers in time.
+    async with fast(pending_seconds=5, processing_seconds=3600) as emu:
         task_id = await create(http, emu, body_with_hook(receiver.url))
         await wait_until(lambda: len(receiver.calls) == 1)
         await anyio.sleep(0.05)
@@ -157,20 +143,20 @@ async def test_ticker_follows_advance_without_any_get(http: aiohttp.ClientSessio
         await anyio.sleep(0.05)
         assert receiver.statuses == ["pending"]  # processing is not delivered
         assert emu.tasks[task_id].status == "processing"
-        started = time.monotonic()
-        emu.advance(10)
-        await wait_until(lambda: len(receiver.calls) == 2)
-        assert time.monotonic() - started < 0.3  # woken by advance(), not by a poll interval
+        emu.advance(3600)
+        await wait_until(lambda: len(receiver.calls) == 2)  # woken by advance(), not by a timer
         assert receiver.statuses == ["pending", "completed"]
         assert emu.stats.gets == 0
 
 
 async def test_ticker_sleeps_until_the_real_deadline(http: aiohttp.ClientSession, receiver: Receiver) -> None:
     async with fast(processing_seconds=0.15) as emu:
-        started = time.monotonic()
-        await create(http, emu, body_with_hook(receiver.url))
-        await wait_until(lambda: len(receiver.calls) == 2)
-        assert 0.14 <= time.monotonic() - started < 1.0
+        receiver.clock = emu.now
+        task_id = await create(http, emu, body_with_hook(receiver.url))
+        await wait_until(lambda: len(receiver.calls) == 2)  # nobody advanced the clock or sent a GET
+        assert receiver.statuses == ["pending", "completed"]
+        # Not early: the terminal delivery came once the emulator's clock had passed the deadline.
+        assert receiver.clock_at_call[1] >= emu.tasks[task_id].due_at
         assert emu.stats.gets == 0
 
 
@@ -317,9 +303,10 @@ async def test_aclose_cancels_everything(http: aiohttp.ClientSession, receiver: 
     # behind them: task 1's terminal delivery and task 2's held creation delivery
     await wait_until(lambda: len(receiver.calls) == 2)
     assert len(set(asyncio.all_tasks()) - before) > 0
-    started = time.monotonic()
-    await emu.aclose()
-    assert time.monotonic() - started < 1.0
+    # The receiver never answers: an aclose() that waited for the deliveries would hit the guard
+    # (and would record their timeouts in `deliveries`, and send the queued ones).
+    with anyio.fail_after(HANG_GUARD):
+        await emu.aclose()
     await anyio.lowlevel.checkpoint()
     leftover = {t for t in set(asyncio.all_tasks()) - before if not t.done()}
     leftover = {t for t in leftover if "RequestHandler" not in repr(t.get_coro())}  # the receiver's

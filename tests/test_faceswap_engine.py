@@ -12,32 +12,7 @@ cv2 = pytest.importorskip("cv2")
 np = pytest.importorskip("numpy")
 
 from qubico_async.testing import _faceswap as fs  # noqa: E402
-
-FIXTURES = Path(__file__).parent / "fixtures"
-ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
-HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
-GROUP = (FIXTURES / "group-two-faces.jpg").read_bytes()
-COFFEE = (FIXTURES / "coffee-no-face.jpg").read_bytes()
-
-
-def decode(data: bytes) -> Any:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert img is not None
-    return img
-
-
-def region(shape: tuple[int, ...], face: fs.Face, grow: float = 0.25) -> Any:
-    """Boolean mask of ``face`` grown by ``grow`` of its size on every side."""
-    m = np.zeros(shape[:2], bool)
-    gx, gy = round(face.w * grow), round(face.h * grow)
-    m[max(0, face.y - gy) : face.y + face.h + gy, max(0, face.x - gx) : face.x + face.w + gx] = True
-    return m
-
-
-def changed(before: Any, after: Any, tolerance: int = 8) -> Any:
-    """Boolean mask of pixels where any channel moved by more than ``tolerance`` levels."""
-    assert before.shape == after.shape
-    return np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=2) > tolerance
+from tests._helpers import ASTRONAUT, COFFEE, GROUP, HOPPER, changed, decode, region  # noqa: E402
 
 
 def assert_only_face_changed(before: Any, after: Any, face: fs.Face) -> None:

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import base64
 import functools
-import socket
 import sqlite3
-import struct
 import sys
-import time
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -46,6 +42,7 @@ from qubico_async import (
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import WebhookHub
 
+from ._helpers import HANG_GUARD, free_port, png
 from .fault_proxy import FORWARDING_MODES, FaultProxy, Mode
 
 pytestmark = pytest.mark.anyio
@@ -56,6 +53,8 @@ SHORT = Timeouts(connect=0.5, read=READ_TIMEOUT)
 """For the requests meant to time out (a blackhole)."""
 TIMEOUTS = Timeouts(connect=0.5, read=2.0)
 """For everything else: traffic that passes must not time out on a loaded machine."""
+GENEROUS = Timeouts(connect=10.0, read=10.0)
+"""Where a timeout of passing traffic would change a count: no fault here ends by a timeout."""
 CREATE = b"POST /api/v1/task "
 GET = b"GET /api/v1/task/"
 RESULT = b"GET /results/"
@@ -64,7 +63,10 @@ _F = TypeVar("_F", bound=Callable[..., Awaitable[None]])
 
 
 def bounded(seconds: float) -> Callable[[_F], _F]:
-    """Run the test body under `anyio.fail_after(seconds)`: a hang fails the test instead."""
+    """Run the test body under `anyio.fail_after(seconds)`: a hang fails the test instead.
+
+    Only a hang guard (`HANG_GUARD`): how fast a fault ends is proved by counts, never by a clock.
+    """
 
     def decorate(test: _F) -> _F:
         @functools.wraps(test)
@@ -77,18 +79,6 @@ def bounded(seconds: float) -> Callable[[_F], _F]:
     return decorate
 
 
-def png(i: int, pad: int = 0) -> bytes:
-    """A distinct valid PNG per i (a whole 64x64 image, then `pad` bytes and a tag after IEND)."""
-    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
-
-    def chunk(ctype: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-    pixels = zlib.compress(bytes(64 * (1 + 3 * 64)))  # a whole, decodable black image
-    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    return head + b"\0" * pad + f"job-{i}".encode()
-
-
 FACE = png(10_000_000)
 
 
@@ -97,12 +87,6 @@ def job_of(stored_input: dict[str, Any]) -> int:
     uri = stored_input["target_image"]
     data = base64.b64decode(uri.split("base64,", 1)[1])
     return int(data.rsplit(b"job-", 1)[1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def through(proxy: FaultProxy, emu: Emulator, url: str) -> str:
@@ -132,14 +116,15 @@ def proxied(emu: Emulator, proxy: FaultProxy, **kwargs: Any) -> QubicoClient:
 
 
 @pytest.fixture
-async def client(emu: Emulator, proxy: FaultProxy) -> AsyncIterator[QubicoClient]:
+async def pclient(emu: Emulator, proxy: FaultProxy) -> AsyncIterator[QubicoClient]:
+    """A client whose every request goes through `proxy` (conftest's `client` talks to the emulator)."""
     async with proxied(emu, proxy) as c:
         yield c
 
 
 @pytest.fixture
-async def task(client: QubicoClient, proxy: FaultProxy) -> Task:
-    created = await client.submit(FaceSwap(png(0), FACE))
+async def task(pclient: QubicoClient, proxy: FaultProxy) -> Task:
+    created = await pclient.submit(FaceSwap(png(0), FACE))
     proxy.counts.clear()
     return created
 
@@ -160,14 +145,13 @@ CREATE_CUTS: list[tuple[Mode, type[Exception]]] = [
 
 
 @pytest.mark.parametrize(("mode", "cause"), CREATE_CUTS)
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_create_cut_after_sending_is_uncertain_and_never_resent(
-    client: QubicoClient, emu: Emulator, proxy: FaultProxy, mode: Mode, cause: type[Exception]
+    pclient: QubicoClient, emu: Emulator, proxy: FaultProxy, mode: Mode, cause: type[Exception]
 ) -> None:
     reached = int(mode in FORWARDING_MODES)  # did the service see (and bill) the create?
     proxy.inject(mode, match=CREATE)
     request = FaceSwap(png(1), FACE)
-    started = time.monotonic()
     async with proxied(emu, proxy, timeout=SHORT if mode == "blackhole" else TIMEOUTS) as cut:
         with pytest.raises(SubmissionUncertainError) as info:
             await cut.submit(request)
@@ -177,28 +161,28 @@ async def test_create_cut_after_sending_is_uncertain_and_never_resent(
         assert info.value.cause.sent is True
     assert proxy.counts == {mode: 1}  # one attempt: never resent
     assert emu.stats.create_requests == emu.stats.creates == reached
-    if mode == "blackhole":
-        assert time.monotonic() - started < READ_TIMEOUT + 1.0
+    if mode == "blackhole":  # ended by the client's read timeout (one attempt), not by the hang guard
+        assert "timed out" in str(info.value.cause)
     # The client is unharmed: the next create goes through, exactly once.
-    created = await client.submit(FaceSwap(png(2), FACE))
+    created = await pclient.submit(FaceSwap(png(2), FACE))
     assert created.task_id in emu.tasks
     assert emu.stats.creates == reached + 1
 
 
-@bounded(10)
+@bounded(HANG_GUARD)
 async def test_create_reset_while_a_large_body_is_still_uploading(
-    client: QubicoClient, emu: Emulator, proxy: FaultProxy
+    pclient: QubicoClient, emu: Emulator, proxy: FaultProxy
 ) -> None:
     """A ~4 MB body (streamed) cut after 64 KiB: the client is still writing when the RST lands."""
     proxy.inject("reset_mid_request", match=CREATE)
     with pytest.raises(SubmissionUncertainError) as info:
-        await client.submit(FaceSwap(png(1, pad=3 * 1024 * 1024), FACE))
+        await pclient.submit(FaceSwap(png(1, pad=3 * 1024 * 1024), FACE))
     assert isinstance(info.value.cause, TransportError) and info.value.cause.sent
     assert proxy.counts == {"reset_mid_request": 1}
     assert emu.stats.create_requests == emu.stats.creates == 0
 
 
-@bounded(10)
+@bounded(HANG_GUARD)
 async def test_refused_create_is_retried_and_succeeds_once_the_proxy_listens_again(
     emu: Emulator, proxy: FaultProxy
 ) -> None:
@@ -223,16 +207,16 @@ async def test_refused_create_is_retried_and_succeeds_once_the_proxy_listens_aga
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full accept queue")
-@bounded(10)
+@bounded(HANG_GUARD)
 async def test_connect_timeout_is_not_sent_and_the_create_is_retried(emu: Emulator, proxy: FaultProxy) -> None:
     timeouts = Timeouts(connect=0.1, read=TIMEOUTS.read)
     proxy.mode = "drop_syn"
     async with proxied(emu, proxy, timeout=timeouts, retry=RetryPolicy.instant(2)) as one:
-        started = time.monotonic()
         with pytest.raises(TransportError, match="could not connect") as info:
             await one.get_task("t-1")
         assert info.value.sent is False
-        assert time.monotonic() - started < 2 * 0.1 + 1.0
+        assert one._transport.requests_sent["read"] == 2  # both attempts ended by the connect timeout
+    assert emu.stats.gets == 0
     retry = RetryPolicy(max_attempts=100, base=0.0, cap=0.0, jitter=0.0)
     async with proxied(emu, proxy, timeout=timeouts, retry=retry) as c:
         created: list[Task] = []
@@ -265,7 +249,7 @@ GET_FAULTS: list[tuple[Mode, type[Exception]]] = [
 
 
 @pytest.mark.parametrize("mode", [m for m, _ in GET_FAULTS])
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_get_recovers_when_a_retry_can(emu: Emulator, proxy: FaultProxy, task: Task, mode: Mode) -> None:
     proxy.inject(mode, match=GET)
     async with proxied(emu, proxy, timeout=SHORT if mode == "blackhole" else TIMEOUTS) as c:
@@ -278,16 +262,14 @@ async def test_get_recovers_when_a_retry_can(emu: Emulator, proxy: FaultProxy, t
 
 
 @pytest.mark.parametrize(("mode", "error"), GET_FAULTS)
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_get_gives_up_with_the_right_type_after_the_retries(
     emu: Emulator, proxy: FaultProxy, task: Task, mode: Mode, error: type[Exception]
 ) -> None:
     proxy.mode = mode
-    started = time.monotonic()
     async with proxied(emu, proxy, timeout=SHORT if mode == "blackhole" else TIMEOUTS) as c:
         with pytest.raises(error) as info:
             await c.get_task(task.task_id)
-    elapsed = time.monotonic() - started
     # aiohttp itself resends an idempotent GET once when the connection is reset before the
     # response (ClientOSError/ServerDisconnectedError), so a reset attempt may use two connections.
     assert MAX_ATTEMPTS <= proxy.counts[mode] <= 2 * MAX_ATTEMPTS
@@ -296,21 +278,21 @@ async def test_get_gives_up_with_the_right_type_after_the_retries(
         assert info.value.sent is True
     if isinstance(info.value, ServerError):
         assert info.value.status == 502 and "HTML page" in str(info.value) and "<center>" not in str(info.value)
-    if mode == "blackhole":
+    if mode == "blackhole":  # each attempt ended by the read timeout: exactly MAX_ATTEMPTS connections
         assert "timed out" in str(info.value)
-        assert elapsed < MAX_ATTEMPTS * READ_TIMEOUT + 1.0
+        assert proxy.counts[mode] == MAX_ATTEMPTS
 
 
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_get_during_the_outage_fails_fast_and_works_again_afterwards(
-    client: QubicoClient, proxy: FaultProxy, task: Task
+    pclient: QubicoClient, proxy: FaultProxy, task: Task
 ) -> None:
     proxy.mode = "refuse"
     with pytest.raises(TransportError) as info:
-        await client.get_task(task.task_id)
+        await pclient.get_task(task.task_id)
     assert info.value.sent is False
     proxy.mode = "pass"
-    assert (await client.get_task(task.task_id)).task_id == task.task_id
+    assert (await pclient.get_task(task.task_id)).task_id == task.task_id
 
 
 # -- a whole batch through a flaky network ------------------------------------------------------------
@@ -341,10 +323,16 @@ def assert_journal_matches(outcomes: list[Outcome], journal: Path) -> None:
     assert set(rows) <= {o.key for o in outcomes}
 
 
-@bounded(30)
+@bounded(HANG_GUARD)
 async def test_batch_through_a_flaky_proxy_loses_nothing(emu: Emulator, proxy: FaultProxy, tmp_path: Path) -> None:
     """Faults on ~1/3 of all connections: every job is accounted for, none is paid twice, and a
-    rerun with the journal (and `resubmit_uncertain=True`) gets every result."""
+    rerun with the journal (and `resubmit_uncertain=True`) gets every result.
+
+    The injected faults are the only source of uncertainty: no blackhole here (it can only end by
+    a client timeout, and a timeout short enough for it also fires on a loaded machine for a create
+    that went through, which is then honestly "uncertain" too). Timeouts are hang guards only.
+    Blackholes are covered per request kind by the tests above.
+    """
     n = 40
     jobs = [Job(FaceSwap(png(i), FACE), key=f"job-{i}") for i in range(n)]
     journal = tmp_path / "run.sqlite"
@@ -356,11 +344,10 @@ async def test_batch_through_a_flaky_proxy_loses_nothing(emu: Emulator, proxy: F
             "close_mid_response": 0.05,
             "html_502": 0.05,
             "html_502_forwarded": 0.05,
-            "blackhole": 0.03,
         }
     )
-    poll = PollPolicy(initial=0.01, factor=1.0, max_interval=0.01, jitter=0.0, timeout=20)
-    async with proxied(emu, proxy, poll=poll, timeout=Timeouts(connect=0.5, read=1.0)) as c:
+    poll = PollPolicy(initial=0.01, factor=1.0, max_interval=0.01, jitter=0.0, timeout=HANG_GUARD)
+    async with proxied(emu, proxy, poll=poll, timeout=GENEROUS) as c:
         outcomes = [o async for o in c.swap_many(jobs, concurrency=8, journal=journal)]
     assert sorted(o.index for o in outcomes) == list(range(n))
     statuses = Counter(o.status for o in outcomes)
@@ -377,7 +364,7 @@ async def test_batch_through_a_flaky_proxy_loses_nothing(emu: Emulator, proxy: F
 
     # The rerun: finished jobs are replayed, uncertain ones are paid again only when asked.
     proxy.clear()
-    async with proxied(emu, proxy, poll=poll) as c:
+    async with proxied(emu, proxy, poll=poll, timeout=GENEROUS) as c:
         again = [o async for o in c.swap_many(jobs, concurrency=8, journal=journal)]
         assert Counter(o.status for o in again) == {
             "skipped": statuses["succeeded"],
@@ -389,7 +376,7 @@ async def test_batch_through_a_flaky_proxy_loses_nothing(emu: Emulator, proxy: F
     assert emu.stats.creates == n + sum(1 for m in create_faults if m in FORWARDING_MODES)  # accepted re-pays only
 
 
-@bounded(10)
+@bounded(HANG_GUARD)
 async def test_poll_errors_in_a_batch_do_not_lose_a_created_task(
     emu: Emulator, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -404,7 +391,7 @@ async def test_poll_errors_in_a_batch_do_not_lose_a_created_task(
     assert emu.stats.creates == 1
 
 
-@bounded(30)
+@bounded(HANG_GUARD)
 async def test_emulator_killed_and_restarted_mid_batch(tmp_path: Path) -> None:
     """The service dies mid-batch and comes back empty on the same port: no hang, one outcome per
     job, a journal that says what happened, and no input created twice."""
@@ -424,7 +411,7 @@ async def test_emulator_killed_and_restarted_mid_batch(tmp_path: Path) -> None:
     await first.start()
     try:
         async with QubicoClient(
-            "k", base_url=f"http://127.0.0.1:{port}", retry=retry, poll=poll, timeout=Timeouts(connect=0.5, read=1.0)
+            "k", base_url=f"http://127.0.0.1:{port}", retry=retry, poll=poll, timeout=GENEROUS
         ) as c:
             async with c.swap_many(jobs, concurrency=6, journal=journal) as batch:
                 async for outcome in batch:
@@ -467,7 +454,7 @@ async def test_emulator_killed_and_restarted_mid_batch(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("endpoint_fault", ["refuse", "html_502"])
-@bounded(10)
+@bounded(HANG_GUARD)
 async def test_webhook_endpoint_down_wait_resolves_by_polling(emu: Emulator, endpoint_fault: Mode) -> None:
     """The app's webhook endpoint is down (refused, or a proxy's 502): the emulator retries its
     deliveries and gives up; `wait(via="webhook")` still resolves through its fallback poll."""
@@ -480,7 +467,7 @@ async def test_webhook_endpoint_down_wait_resolves_by_polling(emu: Emulator, end
         async with QubicoClient(emu.api_key, base_url=emu.base_url, webhooks=hub, retry=RetryPolicy.instant()) as c:
             created = await c.submit(FaceSwap(png(1), FACE, webhook=WebhookConfig(endpoint.url + "/hook", secret)))
             fallback = PollPolicy(initial=0.05, factor=1.0, max_interval=0.05, jitter=0.0)
-            done = await c.wait(created, via="webhook", poll=fallback, timeout=5)
+            done = await c.wait(created, via="webhook", poll=fallback, timeout=HANG_GUARD)
         assert done.status is TaskStatus.COMPLETED
         await emu.drain()
         assert endpoint.counts.get("html_502", 0) == (6 if endpoint_fault == "html_502" else 0)
@@ -495,48 +482,47 @@ async def test_webhook_endpoint_down_wait_resolves_by_polling(emu: Emulator, end
 
 
 @pytest.fixture
-async def result(client: QubicoClient, emu: Emulator, proxy: FaultProxy) -> tuple[str, bytes]:
+async def result(pclient: QubicoClient, emu: Emulator, proxy: FaultProxy) -> tuple[str, bytes]:
     """A finished task's result URL, through the proxy, and its content."""
-    done = await client.run(FaceSwap(png(1, pad=512 * 1024), FACE))
+    done = await pclient.run(FaceSwap(png(1, pad=512 * 1024), FACE))
     assert done.image_url is not None
-    content = await client.download_bytes(done)  # directly from the emulator
+    content = await pclient.download_bytes(done)  # directly from the emulator
     proxy.counts.clear()
     return through(proxy, emu, done.image_url), content
 
 
 @pytest.mark.parametrize("mode", ["reset_after_headers", "reset_mid_response", "close_mid_response"])
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_download_cut_mid_body_is_retried(
-    client: QubicoClient, proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path, mode: Mode
+    pclient: QubicoClient, proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path, mode: Mode
 ) -> None:
     url, content = result
     proxy.inject(mode, match=RESULT)
-    out = await client.download(url, tmp_path / "out.png")
+    out = await pclient.download(url, tmp_path / "out.png")
     assert out.read_bytes() == content
     assert proxy.counts == {mode: 1, "pass": 1}
     assert leftovers(tmp_path) == ["out.png"]
 
 
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_download_cut_every_time_leaves_no_file(
-    client: QubicoClient, proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path
+    pclient: QubicoClient, proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path
 ) -> None:
     url, _ = result
     proxy.mode = "reset_mid_response"
     with pytest.raises(TransportError):
-        await client.download(url, tmp_path / "out.png")
+        await pclient.download(url, tmp_path / "out.png")
     assert MAX_ATTEMPTS <= proxy.counts["reset_mid_response"] <= 2 * MAX_ATTEMPTS
     assert leftovers(tmp_path) == []
 
 
-@bounded(5)
+@bounded(HANG_GUARD)
 async def test_download_stream_honours_a_read_timeout(
     proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path
 ) -> None:
     """`_download` with a read timeout: a blackholed result host is a typed error, no file left."""
     url, _ = result
     proxy.mode = "blackhole"
-    started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         with pytest.raises(TransportError):
             await _download.fetch_to_file(
@@ -548,12 +534,11 @@ async def test_download_stream_honours_a_read_timeout(
                 retry=RetryPolicy.instant(2),
                 timeouts=SHORT,
             )
-    assert time.monotonic() - started < 2 * READ_TIMEOUT + 1.0
-    assert proxy.counts["blackhole"] == 2
+    assert proxy.counts["blackhole"] == 2  # each attempt ended by its read timeout
     assert leftovers(tmp_path) == []
 
 
-@bounded(2)
+@bounded(HANG_GUARD)
 async def test_download_blackhole_is_a_typed_error_within_the_client_timeout(
     emu: Emulator, proxy: FaultProxy, result: tuple[str, bytes], tmp_path: Path
 ) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,33 +22,22 @@ from qubico_async import FaceSwap, PollPolicy, QubicoClient, RetryPolicy, Task, 
 from qubico_async.integrations.aiohttp import webhook_handler, webhook_route
 from qubico_async.testing import Emulator
 from qubico_async.webhooks import MAX_BODY_BYTES, WebhookEvent, WebhookHub
+from tests._helpers import HANG_GUARD, wait_until
+from tests._helpers import png as _png
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "hook-s3cret-9d1c-long-enough"
 WRONG = "not-the-secret-4242"
 PATH = "/qubico/webhook"
-SLOW = PollPolicy(initial=30, factor=1, max_interval=30, jitter=0)
+SLOW = PollPolicy(initial=3600, factor=1, max_interval=3600, jitter=0)
 """A fallback poll that never fires within a test: whatever resolves the wait is a webhook."""
 FAST = PollPolicy(initial=0.02, factor=1, max_interval=0.02, jitter=0)
 
 
 def png(i: int, size: int = 64) -> bytes:
-    """A distinct valid PNG per i (a whole image, then a tag after IEND so the bytes differ)."""
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-
-    def chunk(ctype: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-    pixels = zlib.compress(bytes(size * (1 + 3 * size)))  # a whole, decodable black image
-    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    return head + f"img-{i}".encode()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.005)
+    """A distinct valid PNG header per i (the emulator and the SDK check headers only)."""
+    return _png(i, size, tag="img")
 
 
 @dataclass
@@ -81,7 +68,7 @@ class Hooked:
 
 async def happy_path(h: Hooked) -> None:
     task = await h.submit()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await h.client.wait(task, via="webhook", poll=SLOW)
     assert done.status is TaskStatus.COMPLETED and done.result_url
     assert h.emu.stats.gets == 0  # no fallback poll ran: the delivery resolved it
@@ -94,7 +81,7 @@ async def happy_path(h: Hooked) -> None:
 async def failed_task_is_delivered_too(h: Hooked) -> None:
     h.emu.fail_next(1, "no face detected in target_image")
     task = await h.submit()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await h.client.wait(task, via="webhook", poll=SLOW)
     assert done.status is TaskStatus.FAILED
     assert done.error is not None and done.error.message == "no face detected in target_image"
@@ -167,7 +154,7 @@ async def duplicates_are_acknowledged_and_ignored(h: Hooked) -> None:
     h.hub.handle = spy  # type: ignore[method-assign]
     h.emu.faults.webhooks.duplicate = 2  # both deliveries of the task are sent twice
     task = await h.submit()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await h.client.wait(task, via="webhook", poll=SLOW)
     assert done.status is TaskStatus.COMPLETED
     await h.emu.drain()
@@ -184,7 +171,7 @@ async def duplicates_are_acknowledged_and_ignored(h: Hooked) -> None:
 async def dropped_webhook_is_recovered_by_polling(h: Hooked) -> None:
     h.emu.faults.webhooks.drop = 2  # neither the creation nor the terminal delivery is sent
     task = await h.submit()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await h.client.wait(task, via="webhook", poll=FAST)
     assert done.status is TaskStatus.COMPLETED
     assert h.emu.stats.webhooks_dropped == 2 and h.emu.deliveries == []
@@ -197,14 +184,14 @@ async def dropped_webhook_is_recovered_by_polling(h: Hooked) -> None:
 async def out_of_order_delivery_keeps_the_terminal_state(h: Hooked) -> None:
     h.emu.faults.webhooks.out_of_order = True  # `completed` is delivered before `pending`
     task = await h.submit()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await h.client.wait(task, via="webhook", poll=SLOW)
     assert done.status is TaskStatus.COMPLETED
     await h.emu.drain()
     assert [(d.status, d.status_code) for d in h.emu.deliveries] == [("completed", 200), ("pending", 200)]
     latest = h.hub.latest(task.task_id)
     assert latest is not None and latest.status is TaskStatus.COMPLETED  # the late `pending` did not win
-    with anyio.fail_after(1):  # a later waiter is answered from the hub at once
+    with anyio.fail_after(HANG_GUARD):  # a later waiter is answered from the hub at once
         again = await h.client.wait(task.task_id, via="webhook", poll=SLOW)
     assert again.status is TaskStatus.COMPLETED
     assert h.emu.stats.gets == 0

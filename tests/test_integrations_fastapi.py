@@ -35,6 +35,7 @@ from qubico_async.integrations.fastapi import (  # noqa: E402
     webhook_router,
 )
 from qubico_async.testing import Emulator  # noqa: E402
+from tests._helpers import HANG_GUARD, wait_until  # noqa: E402
 from tests.test_integrations_aiohttp import (  # noqa: E402
     PATH,
     SCENARIOS,
@@ -42,7 +43,6 @@ from tests.test_integrations_aiohttp import (  # noqa: E402
     Hooked,
     Scenario,
     check_no_secret_logged,
-    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -225,7 +225,7 @@ async def test_example_imports_without_environment(monkeypatch: pytest.MonkeyPat
 
 async def test_example_swap_end_to_end(emu: Emulator) -> None:
     async with serve(example_app(emu)) as (app, base), aiohttp.ClientSession() as http:
-        with anyio.fail_after(10):
+        with anyio.fail_after(HANG_GUARD):
             async with http.post(base + "/swap", data=swap_form()) as resp:
                 answer = await resp.json()
                 assert resp.status == 200, answer
@@ -255,10 +255,10 @@ async def test_example_swap_reports_failures_and_bad_input(emu: Emulator) -> Non
 
 
 async def test_example_swap_async_answers_at_once_and_reads_the_webhook(emu: Emulator) -> None:
-    emu.processing_seconds = 30
+    emu.processing_seconds = 3600
     async with serve(example_app(emu)) as (app, base), aiohttp.ClientSession() as http:
         hub = app.state.qubico.webhooks
-        with anyio.fail_after(2):  # the task needs 30 (emulated) seconds: nobody waited for it
+        with anyio.fail_after(HANG_GUARD):  # the task needs an hour: a handler that waited for it would hit the guard
             async with http.post(base + "/swap/async", data=swap_form()) as resp:
                 assert resp.status == 202
                 task_id = (await resp.json())["task_id"]
@@ -267,7 +267,7 @@ async def test_example_swap_async_answers_at_once_and_reads_the_webhook(emu: Emu
             assert resp.status == 200
             assert (await resp.json())["status"] in ("pending", "processing")
         gets = emu.stats.gets
-        emu.advance(30)
+        emu.advance(3600)
         await wait_until(lambda: (t := hub.latest(task_id)) is not None and t.status is TaskStatus.COMPLETED)
         async with http.get(f"{base}/swap/{task_id}") as resp:
             answer = await resp.json()
@@ -303,7 +303,7 @@ async def test_client_disconnect_cancels_the_wait_without_leaks(
                 tg.start_soon(call)
                 await wait_until(lambda: hub.waiting == 1)  # the handler is inside client.wait()
                 tg.cancel_scope.cancel()  # the browser goes away: aiohttp closes the connection
-        with anyio.fail_after(1):
+        with anyio.fail_after(HANG_GUARD):
             await wait_until(lambda: hub.waiting == 0)
             await wait_until(lambda: not new_tasks(before))  # the handler and its watcher are gone
         assert emu.stats.gets == 0

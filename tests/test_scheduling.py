@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import time
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from qubico_async import PollPolicy, Task, TaskMeta, TaskStatus
+from qubico_async import PollPolicy, Task, TaskMeta, TaskStatus, _rate
 from qubico_async._pollsched import PollScheduler
 from qubico_async._rate import RateController
 
@@ -72,21 +71,43 @@ def test_outliers_fall_back_to_backoff() -> None:
 pytestmark = pytest.mark.anyio
 
 
-async def test_rate_controller_is_free_until_a_429() -> None:
-    rc = RateController()
-    start = time.monotonic()
+class VirtualTime:
+    """A clock for `RateController` plus a fake `anyio.sleep` that only moves it: every pause is
+    recorded, so how long the controller waits is read off a list instead of a wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+def vtime(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    virtual = VirtualTime()
+    monkeypatch.setattr(_rate.anyio, "sleep", virtual.sleep)
+    return virtual
+
+
+async def test_rate_controller_is_free_until_a_429(vtime: VirtualTime) -> None:
+    rc = RateController(clock=vtime.clock)
     for _ in range(1000):
         await rc.acquire()
-    assert time.monotonic() - start < 0.5
+    assert vtime.sleeps == []  # not one pause
     assert rc.rate is None and not rc.limited
 
 
-async def test_retry_after_pauses_everyone() -> None:
-    rc = RateController()
+async def test_retry_after_pauses_everyone(vtime: VirtualTime) -> None:
+    rc = RateController(clock=vtime.clock)
     rc.on_rate_limited(0.1)
-    start = time.monotonic()
     await rc.acquire("create")
-    assert time.monotonic() - start >= 0.09
+    assert sum(vtime.sleeps) == pytest.approx(0.1)  # paused for the whole Retry-After
     assert rc.rate is not None
 
 
@@ -130,9 +151,8 @@ async def test_creates_go_before_polls() -> None:
     assert order.count("create") == 3
 
 
-async def test_max_wait_bounds_the_pause() -> None:
-    rc = RateController()
+async def test_max_wait_bounds_the_pause(vtime: VirtualTime) -> None:
+    rc = RateController(clock=vtime.clock)
     rc.on_rate_limited(60.0)
-    start = time.monotonic()
     await rc.acquire(max_wait=0.05)
-    assert time.monotonic() - start < 1.0
+    assert sum(vtime.sleeps) == pytest.approx(0.05)  # not the 60 s the 429 asked for

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import traceback
 import uuid
@@ -30,7 +29,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from aiohttp import web
 
 from qubico_async import (
     APIError,
@@ -50,12 +48,12 @@ from qubico_async import (
     Timeouts,
     TransportError,
     WebhookConfig,
-    WebhookVerificationError,
 )
 from qubico_async.journal import Journal
 from qubico_async.testing import Emulator, identity
-from qubico_async.webhooks import MalformedWebhookError, WebhookHub
+from qubico_async.webhooks import WebhookHub
 
+from ._helpers import free_port, hub_endpoint
 from .test_batch import FACE, png
 
 pytestmark = pytest.mark.anyio
@@ -137,12 +135,6 @@ async def expect(seen: Seen, label: str, cls: type[BaseException], coro: Any) ->
     return info.value
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def broken_http_server() -> AsyncIterator[str]:
     """Answers every request with invalid HTTP whose bad header line echoes the whole request."""
@@ -182,27 +174,8 @@ async def emu_s() -> AsyncIterator[Emulator]:
 async def receiver() -> AsyncIterator[tuple[WebhookHub, str]]:
     """A webhook endpoint on loopback feeding a `WebhookHub` (aiohttp access log left on)."""
     hub = WebhookHub(HOOK_SECRET)
-
-    async def receive(request: web.Request) -> web.Response:
-        try:
-            hub.handle(request.headers, await request.read())
-        except WebhookVerificationError:
-            return web.Response(status=401)
-        except MalformedWebhookError:
-            return web.Response(status=400)
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield hub, f"http://127.0.0.1:{port}/hook"
-    finally:
-        await runner.cleanup()
+    async with hub_endpoint(hub, access_log=True) as url:
+        yield hub, url
 
 
 def scan_logs(seen: Seen, records: Iterable[logging.LogRecord], text: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,7 +26,8 @@ from qubico_async import (
 from qubico_async.integrations.aiohttp import webhook_route
 from qubico_async.testing import Emulator
 from qubico_async.webhooks import WebhookHub
-from tests.test_integrations_aiohttp import SECRET, SLOW, png, wait_until
+from tests._helpers import HANG_GUARD, serve, wait_until
+from tests.test_integrations_aiohttp import SECRET, SLOW, png
 
 pytestmark = pytest.mark.anyio
 
@@ -50,11 +50,8 @@ async def setup(emu: Emulator) -> AsyncIterator[Setup]:
     hub = WebhookHub(SECRET)
     app = web.Application()
     app.add_routes([webhook_route(hub)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        hook = WebhookConfig(f"http://127.0.0.1:{runner.addresses[0][1]}/qubico/webhook", SECRET)
+    async with serve(app) as base:
+        hook = WebhookConfig(f"{base}/qubico/webhook", SECRET)
         async with QubicoClient(
             emu.api_key,
             base_url=emu.base_url,
@@ -63,8 +60,6 @@ async def setup(emu: Emulator) -> AsyncIterator[Setup]:
             webhooks=hub,
         ) as client:
             yield Setup(emu, hub, client, hook)
-    finally:
-        await runner.cleanup()
 
 
 # asyncio's debug mode (`python -X dev`, as `make test` runs) records a stack per callback, which
@@ -81,7 +76,7 @@ async def test_a_thousand_waiters_are_resolved_by_webhooks(setup: Setup) -> None
         async with limiter:
             tasks.append(await setup.submit(i))
 
-    with anyio.fail_after(20):
+    with anyio.fail_after(HANG_GUARD):
         async with anyio.create_task_group() as tg:
             for i in range(N):
                 tg.start_soon(submit, i)
@@ -98,11 +93,8 @@ async def test_a_thousand_waiters_are_resolved_by_webhooks(setup: Setup) -> None
             tg.start_soon(waiter, task)
         await wait_until(lambda: setup.hub.waiting == N)
         assert done == []
-        started = time.monotonic()
         emu.advance(30)  # the emulator ends all of them and delivers 1,000 terminal webhooks
-        await wait_until(lambda: len(done) == N, timeout=10)
-        elapsed = time.monotonic() - started
-    assert elapsed < 5, f"{N} webhook-resolved waits took {elapsed:.2f}s"
+        await wait_until(lambda: len(done) == N)
     assert {t.task_id for t in done} == {t.task_id for t in tasks}
     assert all(t.status is TaskStatus.COMPLETED for t in done)
     assert setup.hub.waiting == 0
@@ -129,7 +121,7 @@ async def test_one_delivery_wakes_every_waiter_on_the_task(setup: Setup) -> None
 
 
 async def test_run_waits_via_the_webhook_when_the_request_has_one(setup: Setup) -> None:
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         done = await setup.client.run(FaceSwap(png(1), png(2), webhook=setup.hook))
     assert done.status is TaskStatus.COMPLETED
     assert setup.emu.stats.gets == 0  # the default fallback poll (10 s+) never ran
