@@ -242,6 +242,7 @@ class BatchRun:
 
     async def _emit(self, send: MemoryObjectSendStream[Outcome], outcome: Outcome) -> None:
         self._counts[outcome.status] += 1
+        snapshot = self.progress()  # taken now: another job may finish while this one is being sent
         try:
             await send.send(outcome)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -250,7 +251,7 @@ class BatchRun:
             return
         if self._on_progress is not None:
             try:
-                self._on_progress(self.progress())
+                self._on_progress(snapshot)
             except Exception:
                 logger.exception("on_progress callback failed (ignored)")
 

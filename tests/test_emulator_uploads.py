@@ -57,7 +57,7 @@ async def run_task(http: aiohttp.ClientSession, emu: Emulator, body: dict[str, A
     for _ in range(2):
         async with http.get(url, headers=headers) as resp:
             data: dict[str, Any] = (await resp.json())["data"]
-        if data["status"] in ("completed", "failed"):
+        if data["status"].lower() in ("completed", "failed"):
             break
         await emu.drain()
     return data
@@ -193,7 +193,7 @@ async def test_uploads_expire_after_24_hours(http: aiohttp.ClientSession, emu: E
     assert (await fetch(http, url))[0] == 404
     assert (await fetch(http, url.replace(emu.upload_url, emu.base_url)))[0] == 404
     failed = await run_task(http, emu, image_task(url))  # an expired upload is no input either
-    assert (failed["status"], failed["error"]["message"]) == ("failed", "failed to get valid image")
+    assert (failed["status"].lower(), failed["error"]["message"]) == ("failed", "failed to get valid image")
     hosted = emu.host_file(HOPPER)  # files hosted by the test itself do not expire
     assert (await fetch(http, hosted))[0] == 200
 
@@ -230,14 +230,14 @@ async def test_create_with_uploaded_urls_completes(http: aiohttp.ClientSession, 
     target = await upload_ok(http, emu, "target.jpg", ASTRONAUT)
     swap = await upload_ok(http, emu, "swap face.jpg", HOPPER)
     done = await run_task(http, emu, image_task(target, swap))
-    assert done["status"] == "completed", done["error"]
+    assert done["status"].lower() == "completed", done["error"]
     assert emu.tasks[done["task_id"]].result == ASTRONAUT  # identity: the target, fetched from the store
     chained = await run_task(http, emu, image_task(done["output"]["image_url"], target))
-    assert chained["status"] == "completed"
+    assert chained["status"].lower() == "completed"
 
     video = await upload_ok(http, emu, "clip.mp4", TINY_MP4)
     done = await run_task(http, emu, video_task(video))
-    assert done["status"] == "completed", done["error"]
+    assert done["status"].lower() == "completed", done["error"]
     assert emu.tasks[done["task_id"]].frames == 10
     assert done["meta"]["usage"]["consume"] == 10 * 50_000  # points per frame
 
@@ -253,7 +253,7 @@ async def test_invalid_uploaded_image_fails_the_task(
     url = await upload_ok(http, emu, name, data)
     for body in (image_task(url), image_task(b64(ASTRONAUT), url)):
         failed = await run_task(http, emu, body)
-        assert failed["status"] == "failed"
+        assert failed["status"].lower() == "failed"
         assert failed["error"]["message"] == "failed to get valid image"
         assert failed["output"] is None
 
@@ -261,9 +261,9 @@ async def test_invalid_uploaded_image_fails_the_task(
 async def test_invalid_uploaded_video_fails_the_task(http: aiohttp.ClientSession, emu: Emulator) -> None:
     for name, data in (("long.mp4", header_only_mp4(601)), ("still.mp4", HOPPER)):
         failed = await run_task(http, emu, video_task(await upload_ok(http, emu, name, data)))
-        assert (failed["status"], failed["error"]["message"]) == ("failed", "failed to get valid video")
+        assert (failed["status"].lower(), failed["error"]["message"]) == ("failed", "failed to get valid video")
     ok = await run_task(http, emu, video_task(await upload_ok(http, emu, "ok.mp4", header_only_mp4(600))))
-    assert ok["status"] == "completed"
+    assert ok["status"].lower() == "completed"
 
 
 async def test_urls_off_loopback_or_unreachable_fail_the_task(http: aiohttp.ClientSession, emu: Emulator) -> None:
@@ -278,12 +278,12 @@ async def test_urls_off_loopback_or_unreachable_fail_the_task(http: aiohttp.Clie
     ]
     for url in unreachable:
         failed = await run_task(http, emu, image_task(url))
-        assert (failed["status"], failed["error"]["message"]) == ("failed", "failed to get valid image"), url
+        assert (failed["status"].lower(), failed["error"]["message"]) == ("failed", "failed to get valid image"), url
         assert url in failed["error"]["raw_message"]
     for url, host in (("https://example.com/face.jpg", "example.com"), ("http://10.0.0.1:8080/a.png", "10.0.0.1")):
         failed = await run_task(http, emu, image_task(url))
         only = f"the emulator only fetches loopback URLs (got host {host})"
-        assert failed["status"] == "failed"
+        assert failed["status"].lower() == "failed"
         assert (failed["error"]["message"], failed["error"]["raw_message"]) == (
             f"failed to get valid image: {only}",
             only,
