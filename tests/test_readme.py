@@ -455,3 +455,26 @@ def test_quickstart_example_offline(guard_dir: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert saved_results(folder), done.stdout
+
+
+# -- the API reference (docs/api, built by `make docs`) --------------------------------------
+
+
+def test_api_reference_covers_the_public_api() -> None:
+    """Every name `qubico_async` exports has a `:::` entry in docs/api (top level or its module)."""
+    import qubico_async
+    import qubico_async.testing
+
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "api").glob("*.md"))
+    documented = set(re.findall(r"^::: ([\w.]+)\s*$", pages, re.MULTILINE))
+    missing = []
+    for name in qubico_async.__all__:
+        obj = getattr(qubico_async, name)
+        module = getattr(obj, "__module__", "")
+        if name.startswith("__"):
+            continue
+        if f"qubico_async.{name}" not in documented and f"{module}.{name}" not in documented:
+            missing.append(name)
+    assert not missing, f"not in docs/api: {missing}"
+    assert "qubico_async.testing.Emulator" in documented
+    assert {"qubico_async.webhooks", "qubico_async.testing.pytest_plugin"} <= documented
