@@ -1,6 +1,10 @@
 """Swap one face, offline: the bundled emulator stands in for the real service.
 
-Run: python examples/quickstart.py TARGET FACE  (set QUBICO_API_KEY to use the real service)
+Run: python examples/quickstart.py TARGET FACE
+
+With QUBICO_API_KEY set it uses `QubicoClient()`: the real service, or whatever QUBICO_BASE_URL
+and QUBICO_UPLOAD_URL point at (the README's `python -m qubico_async emulator`). Without a key it
+starts its own in-process emulator. The result is saved in the current folder, named by the SDK.
 """
 
 from __future__ import annotations
