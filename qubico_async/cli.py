@@ -21,7 +21,7 @@ from ._batch_cli import JOURNAL_NAME, resume_hint, run_batch
 from ._batch_cli import add_parser as add_batch_parser
 from ._config import DEFAULT_BASE_URL, DEFAULT_UPLOAD_URL, env_base_url, env_upload_url
 from ._version import __version__
-from .errors import MissingApiKeyError, OutputExistsError, QubicoError
+from .errors import DownloadError, MissingApiKeyError, OutputExistsError, QubicoError
 
 __all__ = ["EPILOG", "HelpFormatter", "install_hint", "main"]
 
@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
         help="output file, or folder (the file is then named after the task, with the right extension)",
     )
     swap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    swap.add_argument(
+        "--extension",
+        choices=("warn", "fix", "strict"),
+        default="warn",
+        help="when the --out file's extension disagrees with the result's bytes: warn and keep the name, "
+        "fix the extension, or refuse (strict)",
+    )
     swap.add_argument("--timeout", type=float, default=None, help="seconds to wait for the result (default: 300)")
 
     add_batch_parser(sub, **common)
@@ -224,5 +231,13 @@ async def _swap(args: argparse.Namespace) -> None:
         raise OutputExistsError(f"{out} already exists", path=args.out)
     async with QubicoClient(base_url=args.base_url, upload_url=args.upload_url) as client:
         task = await client.face_swap(args.target, args.face, timeout=args.timeout)
-        path = await client.download(task, args.out, overwrite=args.overwrite)
+        try:
+            path = await client.download(task, args.out, overwrite=args.overwrite, extension=args.extension)
+        except DownloadError as exc:  # the task is paid for: say where its result still is
+            why = (
+                f"{exc.path} already exists (add --overwrite to replace it)"
+                if isinstance(exc, FileExistsError)
+                else exc
+            )
+            raise DownloadError(f"{why}; task {task.task_id} completed, its result is at {task.result_url}") from None
     print(f"task {task.task_id} completed: {path}")

@@ -196,3 +196,22 @@ async def test_batch_with_global_options_after_the_subcommand_runs(
     assert await anyio.to_thread.run_sync(main, [*argv, "-v", "--base-url", emu_h.base_url]) == 0
     assert emu_h.stats.creates == 3
     assert "3 jobs: 3 succeeded" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_swap_extension_fix_names_the_file_after_its_bytes(
+    emu_h: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("QUBICO_API_KEY", emu_h.api_key)
+    target = tmp_path / "t.png"
+    target.write_bytes(png(2))
+    argv = ["swap", str(target), str(target), "--base-url", emu_h.base_url, "--extension", "fix"]
+    assert await anyio.to_thread.run_sync(main, [*argv, "--out", str(tmp_path / "result.jpg")]) == 0
+    assert (tmp_path / "result.png").read_bytes() == png(2) and not (tmp_path / "result.jpg").exists()
+    assert str(tmp_path / "result.png") in capsys.readouterr().out
+    strict = [*argv[:-1], "strict", "--out", str(tmp_path / "other.jpg")]
+    assert await anyio.to_thread.run_sync(main, strict) == 1
+    err = capsys.readouterr().err
+    assert "the result is PNG but the name says .jpg" in err
+    assert "completed, its result is at http://127.0.0.1:" in err  # paid for: the user can still fetch it
+    assert not (tmp_path / "other.jpg").exists()
