@@ -1,7 +1,8 @@
 """`python -m qubico_async batch`: swap one face into a folder (or CSV) of targets, resumably.
 
-Progress is drawn with the standard library (one redrawn line on a terminal, a line every few
-seconds otherwise): a batch CLI needs a counter, not a dependency.
+Progress: on a terminal with the `cli` extra (rich) installed, a live bar; otherwise a plain
+line (redrawn on a terminal, a new line every few seconds when not a terminal). Progress, errors
+and the summary go to stderr; with `--json` stdout carries one JSON line per job and nothing else.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib
 import io
 import json
 import os
@@ -18,13 +20,13 @@ import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 import anyio.to_thread
 
+from ._batch_runner import BatchRun
 from ._config import DEFAULT_BASE_URL, env_api_key
 from .batch import Job, Progress
 from .client import QubicoClient
@@ -33,24 +35,71 @@ from .media import Image
 from .models import Task
 from .requests import FaceSwap
 
-__all__ = ["add_parser", "read_manifest", "run_batch"]
+__all__ = ["JOURNAL_NAME", "add_parser", "make_display", "read_manifest", "run_batch"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 JOURNAL_NAME = ".qubico-journal.sqlite"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("batch", help="swap one face into many targets (folder or CSV), resumably")
-    p.add_argument("--swap", required=True, help="image providing the face (path or URL)")
-    p.add_argument("--targets", required=True, type=Path, help="folder of images, or CSV with a 'target' column")
-    p.add_argument("--out", required=True, type=Path, help="folder for the results and the report")
-    p.add_argument("--concurrency", type=int, default=None, help="tasks in flight (default: the account's limit)")
-    p.add_argument("--journal", type=Path, default=None, help=f"journal file (default: OUT/{JOURNAL_NAME})")
-    p.add_argument("--budget", type=float, default=None, help="stop submitting before spend exceeds USD")
-    p.add_argument("--resume", action="store_true", help="continue a run whose journal exists")
-    p.add_argument("--resubmit-uncertain", action="store_true", help="resubmit jobs that may have been created")
-    p.add_argument("--upload", choices=("auto", "always", "never"), default="auto")
+DESCRIPTION = f"""\
+Swap one face (--swap) into every image of a folder, or every row of a CSV manifest (--targets),
+several tasks at a time, saving the results and report.jsonl (one line per job) in --out.
+
+A journal ({JOURNAL_NAME} in --out) makes the run resumable: after Ctrl-C or a crash, run the
+same command with --resume; finished jobs are skipped, submitted ones are polled, nothing is
+paid twice. A CSV manifest has a 'target' column and optional 'swap' and 'key' columns; relative
+paths are relative to the CSV's folder.
+
+exit status: 0 every job succeeded; 1 some failed, are uncertain or could not be saved;
+2 the command line or its inputs are unusable (nothing was sent); 130 interrupted.
+"""
+
+
+def add_parser(sub: Any, **kwargs: Any) -> None:
+    p = sub.add_parser(
+        "batch", help="swap one face into many targets (folder or CSV), resumably", description=DESCRIPTION, **kwargs
+    )
+    p.add_argument("--swap", required=True, metavar="FACE", help="image providing the face (path or http(s) URL)")
+    p.add_argument(
+        "--targets", required=True, type=Path, metavar="PATH", help="folder of images, or CSV with a 'target' column"
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="FOLDER", help="folder for the results and the report")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks in flight (default: the account's limit, else 8)",
+    )
+    p.add_argument(
+        "--journal", type=Path, default=None, metavar="FILE", help=f"journal file (default: OUT/{JOURNAL_NAME})"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="stop submitting before the spend would exceed USD (default: no limit)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run whose journal exists")
+    p.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit again (and pay again) jobs whose create may or may not have reached the service",
+    )
+    p.add_argument(
+        "--upload",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="how local images reach the service: auto (sent inline, uploaded above 2 MB), "
+        "always (File Upload API, needs the Creator plan) or never (always inline)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line per job to stdout, for scripts (progress and summary stay on stderr)",
+    )
 
 
 def read_manifest(path: Path) -> list[tuple[str, str | None, str | None]]:
@@ -132,25 +181,123 @@ def _out_name(target: str, index: int, suffix: str) -> str:
     return f"{safe}-swapped{suffix}"
 
 
-class _ProgressLine:
-    def __init__(self, stream: TextIO) -> None:
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_text(p: Progress, budget: float | None) -> str:
+    """One line: done of total, counts by status, in flight, rate, ETA and spend (of the budget)."""
+    total = f"/{p.total}" if p.total is not None else ""
+    eta = _duration(p.eta) if p.eta is not None else "?"
+    spend = f"${p.spend_usd:.3f} of ${budget:.2f} budget" if budget is not None else f"${p.spend_usd:.3f} spent"
+    return (
+        f"{p.done}{total} done ({p.succeeded} ok, {p.failed} failed, {p.uncertain} uncertain, "
+        f"{p.skipped} skipped), {p.in_flight} in flight, {p.rate:.2f}/s, ETA {eta}, {spend}"
+    )
+
+
+PLAIN_INTERVAL = 5.0
+"""Seconds between plain progress lines when stderr is not a terminal."""
+
+
+class PlainDisplay:
+    """Progress as text: one line redrawn on a terminal, else a new line every `interval` seconds."""
+
+    def __init__(self, stream: TextIO, budget: float | None, *, interval: float | None = None) -> None:
         self.stream = stream
-        self.tty = stream.isatty()
-        self.last = 0.0
+        self.budget = budget
+        self.tty = _isatty(stream)
+        self.interval = PLAIN_INTERVAL if interval is None else interval
+        self.last: float | None = None
+        self.drawn = False
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()
-        if not self.tty and now - self.last < 5 and p.done != p.total:
+        finished = p.total is not None and p.done >= p.total
+        if not self.tty and self.last is not None and now - self.last < self.interval and not finished:
             return
         self.last = now
-        eta = f"{p.eta:.0f}s" if p.eta is not None else "?"
-        total = f"/{p.total}" if p.total is not None else ""
-        line = (
-            f"{p.done}{total} done ({p.succeeded} ok, {p.failed} failed, {p.uncertain} uncertain, "
-            f"{p.skipped} skipped), {p.in_flight} in flight, {p.rate:.1f}/s, ETA {eta}, ${p.spend_usd:.3f}"
-        )
+        line = progress_text(p, self.budget)
         self.stream.write(("\r\x1b[2K" + line) if self.tty else line + "\n")
         self.stream.flush()
+        self.drawn = self.tty
+
+    def message(self, text: str) -> None:
+        """A line of its own (a download error), not mixed into the progress line."""
+        self.stream.write(("\n" if self.drawn else "") + text + "\n")
+        self.stream.flush()
+        self.drawn = False
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+class RichDisplay:
+    """A live rich progress bar on the terminal (the `cli` extra): bar, counts, rate, ETA, spend."""
+
+    interval = 0.5
+
+    def __init__(self, stream: TextIO, budget: float | None, rich_progress: Any, rich_console: Any) -> None:
+        self.budget = budget
+        self.console = rich_console.Console(file=stream)
+        column = importlib.import_module("rich.table").Column
+        self.bar = rich_progress.Progress(
+            rich_progress.BarColumn(bar_width=20),
+            rich_progress.MofNCompleteColumn(table_column=column(no_wrap=True)),
+            rich_progress.TextColumn("{task.fields[counts]}", table_column=column(no_wrap=True, overflow="ellipsis")),
+            console=self.console,
+            redirect_stdout=False,  # stdout may be carrying --json lines
+            redirect_stderr=False,
+        )
+        self.task = self.bar.add_task("batch", total=None, counts="starting")
+        self.bar.start()
+
+    def __call__(self, p: Progress) -> None:
+        eta = _duration(p.eta) if p.eta is not None else "?"
+        budget = f"/${self.budget:.2f}" if self.budget is not None else ""
+        skipped = f" {p.skipped} skipped" if p.skipped else ""
+        counts = (
+            f"ETA {eta} | ${p.spend_usd:.2f}{budget} | [green]{p.succeeded} ok[/] [red]{p.failed} failed[/] "
+            f"[yellow]{p.uncertain} uncertain[/]{skipped} | {p.in_flight} running | {p.rate:.1f}/s"
+        )
+        self.bar.update(self.task, total=p.total, completed=p.done, counts=counts)
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+Display = PlainDisplay | RichDisplay
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_display(stream: TextIO, budget: float | None) -> Display:
+    """A rich bar on a terminal when the `cli` extra is installed, else plain lines (with a hint)."""
+    if not _isatty(stream):
+        return PlainDisplay(stream, budget)
+    try:
+        rich_progress = importlib.import_module("rich.progress")
+        rich_console = importlib.import_module("rich.console")
+    except ImportError:
+        stream.write('(for a live progress bar: pip install "qubico_async[cli]")\n')
+        return PlainDisplay(stream, budget)
+    return RichDisplay(stream, budget, rich_progress, rich_console)
 
 
 class _Preflight(Exception):
@@ -171,7 +318,7 @@ def _preflight(args: argparse.Namespace) -> list[tuple[str, str | None, str | No
         raise _Preflight(f"--budget must be a non-negative amount in USD, got {args.budget}")
     targets: Path = args.targets
     if not targets.exists():
-        raise _Preflight(f"--targets {targets}: no such folder or file")
+        raise _Preflight(f"--targets {targets}: does not exist (give a folder of images or a .csv manifest)")
     try:
         rows = _targets(targets)
     except InvalidInputError as exc:
@@ -253,12 +400,16 @@ def _summary_reason(text: str) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> int:
+async def run_batch(args: argparse.Namespace, stream: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the batch described by the parsed arguments; returns the exit status.
+
+    Progress, errors and the summary go to `stream` (default: stderr); with `args.json`, one
+    JSON line per job goes to `stdout` (default: sys.stdout) once its result is saved.
 
     0: every job succeeded; 1: some failed, are uncertain, or a result could not be saved;
     2: the command line or its inputs are unusable (nothing was sent, no journal was made).
     """
+    stream = stream if stream is not None else sys.stderr
     try:
         rows = await anyio.to_thread.run_sync(_preflight, args)
         try:
@@ -270,6 +421,12 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
     except _Preflight as exc:
         stream.write(f"error: {exc}\n")
         return 2
+    return await _run(args, rows, stream, stdout if stdout is not None else sys.stdout)
+
+
+async def _run(
+    args: argparse.Namespace, rows: list[tuple[str, str | None, str | None]], stream: TextIO, stdout: TextIO
+) -> int:
     out: Path = args.out
     journal: Path = args.journal or out / JOURNAL_NAME
     report_path = out / "report.jsonl"
@@ -279,17 +436,21 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
     if args.resume:
         records = await anyio.to_thread.run_sync(_load_report, report_path, rows)
 
-    def jobs() -> Iterator[Job]:
-        for target, swap, key in rows:
-            yield Job(FaceSwap(target, swap or args.swap), key=key)
+    jobs = [Job(FaceSwap(target, swap or args.swap), key=key) for target, swap, key in rows]  # a list: a total
+    json_lines = bool(getattr(args, "json", False))
 
-    progress = _ProgressLine(stream)
+    def emit(record: dict[str, Any]) -> None:
+        if json_lines:
+            stdout.write(json.dumps(record) + "\n")
+            stdout.flush()
+
     reasons: Counter[str] = Counter()
     received = 0
     download_failures = 0
     report_failed = False
     limiter = anyio.CapacityLimiter(8)
     batch = None
+    display = make_display(stream, args.budget)
     try:
         async with QubicoClient(base_url=args.base_url, upload_url=args.upload_url) as client:
 
@@ -306,21 +467,32 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
                     reason = f"download failed: {exc}"
                     record["download_error"] = reason[:500]
                     reasons[_summary_reason(reason)] += 1
-                    stream.write(f"\ncould not download {url}: {exc}\n")
+                    display.message(f"could not download {url}: {exc}")
                 else:
                     record["output"] = str(dest)
+                emit(record)
 
             batch = client.swap_many(
-                jobs(),
+                jobs,
                 concurrency=args.concurrency,
                 journal=journal,
                 budget_usd=args.budget,
-                on_progress=progress,
+                on_progress=display,
                 upload=args.upload,
                 resubmit_uncertain=args.resubmit_uncertain,
             )
             failure: QubicoError | None = None
+            ticker = anyio.CancelScope()
+
+            async def tick(run: BatchRun) -> None:
+                """Progress between outcomes too: a slow batch still shows it is alive."""
+                with ticker:
+                    while True:
+                        await anyio.sleep(display.interval)
+                        display(run.progress())
+
             async with batch, anyio.create_task_group() as tg:
+                tg.start_soon(tick, batch)
                 try:
                     async for outcome in batch:
                         received += 1
@@ -342,8 +514,12 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
                             reasons[_summary_reason(f"{outcome.status}: {outcome.reason}")] += 1
                         if task is not None and task.result_url and outcome.status in ("succeeded", "skipped"):
                             tg.start_soon(save, outcome.index, task, task.result_url, record)
+                        else:
+                            emit(record)
                 except QubicoError as exc:  # caught here: leaving the task group would wrap it
                     failure = exc
+                finally:
+                    ticker.cancel()
             if failure is not None:
                 raise failure
     except QubicoError as exc:
@@ -353,6 +529,7 @@ async def run_batch(args: argparse.Namespace, stream: TextIO = sys.stderr) -> in
         stream.write(f"\nerror: {exc}\nthe journal keeps what was done; resume with:\n  {resume_hint(args)}\n")
         return 1
     finally:
+        display.close()
         if received:
             with anyio.CancelScope(shield=True):  # also when interrupted: the report stays whole
                 try:

@@ -11,6 +11,7 @@ import re
 import secrets
 import urllib.parse
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import anyio
@@ -29,7 +30,7 @@ from .errors import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["DEFAULT_MAX_BYTES", "fetch_bytes", "fetch_to_file"]
+__all__ = ["DEFAULT_MAX_BYTES", "ExtensionPolicy", "fetch_bytes", "fetch_to_file", "sniff_extension"]
 
 logger = logging.getLogger("qubico_async")
 
@@ -42,6 +43,33 @@ _EXT_BY_TYPE = {
     "image/webp": ".webp",
     "video/mp4": ".mp4",
 }
+_SAME_EXT = {".jpeg": ".jpg", ".jpe": ".jpg"}
+_SNIFF_BYTES = 16
+
+ExtensionPolicy = Literal["warn", "fix", "strict"]
+"""What `download` does when a given file name's extension disagrees with the bytes: `warn`
+(log a warning, keep the name), `fix` (replace the extension with the right one) or `strict`
+(raise `DownloadError`, nothing is written)."""
+
+
+def sniff_extension(head: bytes) -> str | None:
+    """The extension the first bytes of a file show (JPEG, PNG, WebP, MP4), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    if head[4:8] == b"ftyp":
+        return ".mp4"
+    return None
+
+
+def _normal_ext(ext: str) -> str:
+    ext = ext.lower()
+    return _SAME_EXT.get(ext, ext)
+
+
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _EXPIRED = "the result at {url} is gone ({status}): results are kept about 3 days after the task finished"
 
@@ -113,6 +141,9 @@ async def _stream(
 
 
 class _Sink:
+    head = b""
+    """The first bytes written since the last reset: what `sniff_extension` reads."""
+
     async def write(self, chunk: bytes) -> None:
         raise NotImplementedError
 
@@ -136,10 +167,12 @@ class _FileSink(_Sink):
         self.file = file
 
     async def write(self, chunk: bytes) -> None:
+        if len(self.head) < _SNIFF_BYTES:
+            self.head = (self.head + chunk)[:_SNIFF_BYTES]
         await self.file.write(chunk)
 
     def reset(self) -> None:
-        # Truncation happens lazily in fetch_to_file by reopening; here we only rewind.
+        self.head = b""
         self.file.wrapped.seek(0)
         self.file.wrapped.truncate()
 
@@ -168,13 +201,18 @@ async def fetch_to_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeouts: Timeouts = _DEFAULT_TIMEOUTS,
     as_folder: bool = False,
+    extension: ExtensionPolicy = "warn",
 ) -> Path:
     """Download into a temp file beside the target, then move it into place atomically.
 
     `dest` is a folder when `as_folder` (it is created if missing) or when it is an existing
-    folder; the file is then named after `name_hint`. Every local file-system failure is a
-    `DownloadError` (an existing file without `overwrite`: `OutputExistsError`).
+    folder; the file is then named after `name_hint`, with the extension the bytes show (else
+    the content type's, else the URL's). A given file name whose extension disagrees with the
+    bytes is handled by `extension` (see `ExtensionPolicy`). Every local file-system failure is
+    a `DownloadError` (an existing file without `overwrite`: `OutputExistsError`).
     """
+    if extension not in ("warn", "fix", "strict"):
+        raise InvalidInputError(f"extension must be 'warn', 'fix' or 'strict', got {extension!r}")
     _check_url(url)
     try:
         is_dir = await anyio.Path(dest).is_dir()
@@ -191,11 +229,15 @@ async def fetch_to_file(
     final = dest
     try:
         async with await anyio.open_file(tmp, "wb") as file:
-            content_type = await _stream(session, url, retry, max_bytes, _FileSink(file), timeouts)
+            sink = _FileSink(file)
+            content_type = await _stream(session, url, retry, max_bytes, sink, timeouts)
+        sniffed = sniff_extension(sink.head)
         if is_dir:
             stem = safe_filename(name_hint or Path(urllib.parse.urlsplit(url).path).stem or "result")
-            ext = _EXT_BY_TYPE.get(content_type) or _url_ext(url)
+            ext = sniffed or _EXT_BY_TYPE.get(content_type) or _url_ext(url)
             final = folder / (stem + ext)
+        elif sniffed is not None and _normal_ext(dest.suffix) != sniffed:
+            final = _mismatch(dest, sniffed, extension)
         await anyio.to_thread.run_sync(_place, tmp, final, overwrite)
         return final
     except QubicoError:
@@ -206,6 +248,19 @@ async def fetch_to_file(
         # Also runs on cancellation: never leave a temp file behind.
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(tmp)
+
+
+def _mismatch(dest: Path, sniffed: str, policy: ExtensionPolicy) -> Path:
+    """Where a file whose name says one type and whose bytes say another goes (see ExtensionPolicy)."""
+    said = dest.suffix or "no extension"
+    if policy == "strict":
+        raise DownloadError(
+            f"not saving {dest}: the result is {sniffed[1:].upper()} but the name says {said}", path=dest
+        )
+    if policy == "fix":
+        return dest.with_name(dest.name + sniffed) if not dest.suffix else dest.with_suffix(sniffed)
+    logger.warning("%s: the result is %s but the name says %s (kept)", dest, sniffed[1:].upper(), said)
+    return dest
 
 
 def _why(exc: OSError) -> str:

@@ -30,11 +30,12 @@ from ._config import (
     is_http_url,
 )
 from ._convert import structure_account, structure_task
+from ._download import ExtensionPolicy
 from ._http import HTTPTransport
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Transport
 from ._uploads import UploadPolicy, content_digest
-from .batch import JobLike, Prices, Progress
+from .batch import JobLike, Outcome, Prices, Progress
 from .errors import (
     ClientClosedError,
     InsufficientCreditError,
@@ -439,31 +440,43 @@ class QubicoClient:
 
     # -- results -------------------------------------------------------------------------------
 
-    async def download_bytes(self, task: Task | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES) -> bytes:
-        """The result file's content (streamed, capped at `max_bytes`)."""
-        url = _result_url(task)
+    async def download_bytes(
+        self, task: Task | Outcome | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES
+    ) -> bytes:
+        """The result file's content (streamed, capped at `max_bytes`); `task` may be a batch `Outcome`."""
+        url = _result_url(_outcome_task(task))
         return await _download.fetch_bytes(
             self._http(), url, retry=self.retry, max_bytes=max_bytes, timeouts=self._transport.timeouts
         )
 
     async def download(
         self,
-        task: Task | str,
+        task: Task | Outcome | str,
         dest: str | os.PathLike[str],
         *,
         overwrite: bool = False,
         max_bytes: int = _download.DEFAULT_MAX_BYTES,
+        extension: ExtensionPolicy = "warn",
     ) -> Path:
         """Save the result to `dest` and return the path.
 
         `dest` is a folder when it exists as one or ends in `/` (created if missing); the file
-        is then named after the task. Otherwise it is the file's path. Written to a temporary
-        file beside it and renamed into place, so it never holds a partial file. An existing
-        file is kept unless `overwrite` (`OutputExistsError`, also a `FileExistsError`); other
-        local failures raise `DownloadError`. Results expire about 3 days after the task finished.
+        is then named after the task id (a batch `Outcome`: after its job's key, made file-name
+        safe) with the extension its bytes show (JPEG, PNG, WebP, MP4). Otherwise `dest` is the
+        file's path; when its extension disagrees with the bytes, `extension` says what happens:
+        `"warn"` (default: a logged warning, the name is kept), `"fix"` (the right extension
+        replaces it; the returned path says where it went) or `"strict"` (`DownloadError`,
+        nothing written). Written to a temporary file beside it and renamed into place, so it
+        never holds a partial file. An existing file is kept unless `overwrite`
+        (`OutputExistsError`, also a `FileExistsError`); other local failures raise
+        `DownloadError`. Results expire about 3 days after the task finished.
         """
+        if isinstance(task, Outcome):
+            name: str | None = _download.safe_filename(task.key, fallback=f"job-{task.index}")
+            task = _outcome_task(task)
+        else:
+            name = task.task_id if isinstance(task, Task) else None
         url = _result_url(task)
-        name = task.task_id if isinstance(task, Task) else None
         raw = os.fspath(dest)
         as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
         return await _download.fetch_to_file(
@@ -476,6 +489,7 @@ class QubicoClient:
             retry=self.retry,
             max_bytes=max_bytes,
             timeouts=self._transport.timeouts,
+            extension=extension,
         )
 
     # -- media -------------------------------------------------------------------------------
@@ -535,6 +549,15 @@ def _is_credit_refusal(task: Task) -> bool:
     """A task failed at birth because the account cannot pay for it (piapi-api.md §18)."""
     err = task.error
     return err is not None and bool(_CREDIT_CAUSE.search(f"{err.message} {err.raw_message}"))
+
+
+def _outcome_task(task: Task | Outcome | str) -> Task | str:
+    """The task behind a batch `Outcome` (`InvalidInputError` when the job made none)."""
+    if not isinstance(task, Outcome):
+        return task
+    if task.task is None:
+        raise InvalidInputError(f"job {task.key!r} has no task to download (status: {task.status})")
+    return task.task
 
 
 def _result_url(task: Task | str) -> str:
