@@ -294,7 +294,7 @@ class RedisCoordination:
     # -- pub/sub listener (also the reconnect loop) ---------------------------------------------
 
     async def _listen(self) -> None:
-        channels = {
+        channels: dict[str, Callable[[Any], None]] = {
             self._key("terminal"): self._on_terminal_message,
             self._key("released"): self._on_released,
             self._key("pause"): self._on_pause,
