@@ -34,6 +34,10 @@ redis-server:
 test: $(STAMP) redis-server lint typecheck
 	$(PY) -X dev -W error -m pytest -q
 
+# 4 uvicorn workers of examples/fastapi_app.py, 200 swaps, account limit 16: without, then with Redis.
+cluster-demo: $(STAMP) redis-server
+	$(PY) examples/cluster_demo.py
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
