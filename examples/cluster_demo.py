@@ -86,7 +86,7 @@ def redis_server() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="qubico-redis-") as folder:
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
-        proc = subprocess.Popen([*args, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen([*args, "--loglevel", "warning"], stdout=subprocess.DEVNULL)  # noqa: S603
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -165,7 +165,7 @@ async def one_run(requests: int, workers: int, redis_url: str | None) -> Result:
             env["QUBICO_REDIS_URL"] = redis_url
         args = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--host", "127.0.0.1"]
         args += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-        proc = subprocess.Popen(args, env=env, cwd=ROOT)
+        proc = subprocess.Popen(args, env=env, cwd=ROOT)  # noqa: S603, ASYNC220 - our own app, started once
         try:
             await wait_ready(base, workers)
             latencies: list[float] = []
