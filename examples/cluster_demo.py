@@ -78,32 +78,69 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("cluster-demo: redis-server is not installed (make redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="qubico-redis-") as folder:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
-        proc = subprocess.Popen([*args, "--loglevel", "warning"], stdout=subprocess.DEVNULL)  # noqa: S603
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                        sock.sendall(b"PING\r\n")
-                        if sock.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("cluster-demo: redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
+class Redis:
+    """A redis-server on a free loopback port; `stop()`/`start()` again for the outage scenario."""
+
+    def __init__(self, folder: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("cluster-demo: redis-server is not installed (make redis-server)")
+        self.port = free_port()
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([*self.args, "--loglevel", "warning"], stdout=subprocess.DEVNULL)  # noqa: S603
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("cluster-demo: redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def redis_server() -> Iterator[Redis]:
+    with tempfile.TemporaryDirectory(prefix="qubico-redis-") as folder:
+        server = Redis(folder)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The uvicorn supervisor's children (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+    except OSError:
+        return []
+    pids = []
+    for pid in text.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:  # not multiprocessing's resource tracker
+            pids.append(int(pid))
+    return pids
 
 
 @dataclass
@@ -115,6 +152,8 @@ class Result:
     max_in_flight: int
     rejected: int
     fallback_polls: int
+    lost: int = 0
+    """Requests whose connection broke (they were on a killed worker)."""
 
     def line(self, workers: int, label: str) -> str:
         ideal = math.ceil(self.requests / LIMIT) * TASK_SECONDS
@@ -123,6 +162,7 @@ class Result:
             f"p95 {self.p95:.1f} s, max concurrent tasks {self.max_in_flight} (limit {LIMIT}), "
             f"429s {self.rejected}, fallback polls {self.fallback_polls}"
             + (f", failed {self.failed}" if self.failed else "")
+            + (f", lost with the killed worker {self.lost}" if self.lost else "")
             + f"  [{label}]"
         )
 
@@ -144,7 +184,8 @@ async def wait_ready(base: str, workers: int, timeout: float = 60) -> None:
     await asyncio.sleep(1.0 + 0.25 * workers)  # the other workers finish their lifespan startup
 
 
-async def one_run(requests: int, workers: int, redis_url: str | None) -> Result:
+async def one_run(requests: int, workers: int, redis: Redis | None, chaos: str | None = None) -> Result:
+    redis_url = redis.url if redis is not None else None
     target = resources.files("qubico_async._demo_data").joinpath("astronaut.jpg").read_bytes()
     face = resources.files("qubico_async._demo_data").joinpath("grace_hopper.jpg").read_bytes()
     async with LimitedEmulator(
@@ -170,11 +211,12 @@ async def one_run(requests: int, workers: int, redis_url: str | None) -> Result:
             await wait_ready(base, workers)
             latencies: list[float] = []
             failed = 0
+            lost = 0
             connector = aiohttp.TCPConnector(limit=requests + 10)
             async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as http:
 
                 async def swap(i: int) -> None:
-                    nonlocal failed
+                    nonlocal failed, lost
                     form = aiohttp.FormData()
                     form.add_field("target", target, filename="target.jpg", content_type="image/jpeg")
                     form.add_field("face", face, filename=f"face{i}.jpg", content_type="image/jpeg")
@@ -182,18 +224,35 @@ async def one_run(requests: int, workers: int, redis_url: str | None) -> Result:
                     try:
                         async with http.post(base + "/swap", data=form) as resp:
                             await resp.read()
-                            ok = resp.status == 200
+                            failed += resp.status != 200
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                        lost += 1  # its worker died under it
                     except (aiohttp.ClientError, asyncio.TimeoutError):
-                        ok = False
+                        failed += 1
                     latencies.append(time.monotonic() - start)
-                    failed += not ok
+
+                async def disturb() -> None:
+                    await asyncio.sleep(8.0)
+                    if chaos == "kill-worker":
+                        pids = worker_pids(proc.pid)
+                        if pids:
+                            os.kill(pids[0], signal.SIGKILL)
+                            print(f"cluster-demo: killed worker {pids[0]} (kill -9) at 8 s", flush=True)
+                    elif chaos == "stop-redis" and redis is not None:
+                        redis.stop()
+                        print("cluster-demo: stopped Redis at 8 s", flush=True)
+                        await asyncio.sleep(6.0)
+                        redis.start()
+                        print("cluster-demo: restarted Redis at 14 s", flush=True)
 
                 started = time.monotonic()
+                chaos_task = asyncio.create_task(disturb())
                 await asyncio.gather(*(swap(i) for i in range(requests)))
                 wall = time.monotonic() - started
+                chaos_task.cancel()
             latencies.sort()
             p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)]
-            return Result(requests, failed, wall, p95, emu.max_in_flight, emu.rejected, emu.stats.gets)
+            return Result(requests, failed, wall, p95, emu.max_in_flight, emu.rejected, emu.stats.gets, lost)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -208,13 +267,20 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--skip-uncoordinated", action="store_true")
+    parser.add_argument(
+        "--chaos",
+        choices=["kill-worker", "stop-redis"],
+        help="8 s into the coordinated run: kill -9 one worker, or stop Redis for 6 s",
+    )
     opts = parser.parse_args()
     if not opts.skip_uncoordinated:
         off = await one_run(opts.requests, opts.workers, None)
         print(off.line(opts.workers, "coordination off"), flush=True)
-    with redis_server() as url:
-        on = await one_run(opts.requests, opts.workers, url)
-    print(on.line(opts.workers, "Redis coordination"), flush=True)
+    with redis_server() as redis:
+        on = await one_run(opts.requests, opts.workers, redis, opts.chaos)
+    print(on.line(opts.workers, "Redis coordination" + (f", chaos {opts.chaos}" if opts.chaos else "")), flush=True)
+    if opts.chaos == "stop-redis":  # the limit is per worker while Redis is away: only failures count
+        return 1 if on.failed else 0
     return 1 if on.failed or on.max_in_flight > LIMIT else 0
 
 

@@ -200,6 +200,8 @@ class RedisCoordination:
         self._on_terminal: list[Callable[[Task], None]] = []
         self._known: OrderedDict[str, None] = OrderedDict()  # terminal task ids already shared
         self._held: set[str] = set()
+        self._unpublished: OrderedDict[str, Task] = OrderedDict()  # seen terminal while Redis was away
+        self._watched: OrderedDict[str, None] = OrderedDict()  # waited on, not yet known terminal
         self._waiters: set[asyncio.Future[None]] = set()
         self._local: asyncio.Semaphore | None = None
         self._local_limit = 0
@@ -309,6 +311,7 @@ class RedisCoordination:
                 if not self._up:
                     self._recovered()
                     await self._load_pause()
+                    self._catch_up()
                 self._wake_all()  # re-check leases freed while we were away
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -325,6 +328,14 @@ class RedisCoordination:
                     with contextlib.suppress(*_ERRORS):
                         await pubsub.aclose()
             await asyncio.sleep(self.retry_interval)
+
+    def _catch_up(self) -> None:
+        """After an outage: share what this process saw meanwhile, and look up what it waits on."""
+        unpublished, self._unpublished = self._unpublished, OrderedDict()
+        for task in unpublished.values():
+            self._spawn(self._publish(task))
+        for task_id in list(self._watched):
+            self._spawn(self._lookup(task_id))
 
     def _on_terminal_message(self, data: Any, *, force: bool = False) -> None:
         try:
@@ -362,6 +373,7 @@ class RedisCoordination:
         if task_id in self._known:
             self._known.move_to_end(task_id)
             return True
+        self._watched.pop(task_id, None)
         self._known[task_id] = None
         if len(self._known) > 100_000:
             self._known.popitem(last=False)
@@ -376,6 +388,11 @@ class RedisCoordination:
         key = self._key("task:" + task.task_id)
         value = dump_task(task)
         stored = await self._call(lambda r: r.set(key, value, nx=True, px=int(self.result_ttl * 1000)))
+        if stored is None and not self._up:  # Redis is away: shared when it is back
+            self._unpublished[task.task_id] = task
+            if len(self._unpublished) > 100_000:
+                self._unpublished.popitem(last=False)
+            return
         if stored:
             await self._call(lambda r: r.publish(self._key("terminal"), value))
         elif stored is not None:  # another process stored a terminal state first: that one wins
@@ -384,7 +401,13 @@ class RedisCoordination:
                 self._on_terminal_message(raw, force=True)
 
     def watch(self, task_id: str) -> None:
-        if self._redis is not None and self._up and task_id not in self._known:
+        if task_id in self._known:
+            return
+        self._watched[task_id] = None
+        self._watched.move_to_end(task_id)
+        if len(self._watched) > 100_000:
+            self._watched.popitem(last=False)
+        if self._redis is not None and self._up:
             self._spawn(self._lookup(task_id))
 
     async def _lookup(self, task_id: str) -> None:

@@ -394,3 +394,40 @@ async def test_the_redis_password_never_reaches_repr_or_logs() -> None:
     coord = RedisCoordination("redis://user:hunter2-secret@127.0.0.1:1/0")
     assert "hunter2" not in repr(coord)
     assert isinstance(coord, Coordination)
+
+
+async def test_a_delivery_during_an_outage_reaches_the_other_worker_when_redis_is_back(
+    emu_slow: Emulator,
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        coords = [
+            RedisCoordination(server.url, account="catch-up", retry_interval=0.05, op_timeout=0.5) for _ in range(2)
+        ]
+        hub_a, hub_b = WebhookHub(SECRET), WebhookHub(SECRET)
+        async with worker(emu_slow, coords[0], hub_a), worker(emu_slow, coords[1], hub_b) as b:
+            created = await b.submit(FaceSwap(png(5), png(2)), webhook=HOOK)
+            gets = emu_slow.stats.gets
+            results: list[Task] = []
+            async with anyio.create_task_group() as tg:
+
+                async def wait_in_b() -> None:
+                    results.append(await b.wait(created, via="webhook", poll=SLOW))
+
+                tg.start_soon(wait_in_b)
+                await wait_until(lambda: hub_b.waiting == 1)
+                server.stop()
+                await wait_until(lambda: not any(c.available for c in coords), timeout=10)
+                done = Task(created.task_id, status=TaskStatus.COMPLETED)
+                hub_a.handle({"x-webhook-secret": SECRET}, delivery(done))  # Redis is away: kept for later
+                await anyio.sleep(0.1)
+                assert not results
+                server.start()
+                with anyio.fail_after(10):  # well before B's 30 s fallback poll
+                    while not results:
+                        await anyio.sleep(0.01)
+            assert results[0].status is TaskStatus.COMPLETED
+            assert emu_slow.stats.gets == gets
+    finally:
+        server.close()
