@@ -94,16 +94,17 @@ async def test_a_delivery_to_one_worker_wakes_the_waiter_in_another(
     ):
         created = await b.submit(FaceSwap(png(1), png(2)), webhook=HOOK)
         gets = emu_slow.stats.gets
-        async with anyio.create_task_group() as tg:
-            results: list[Task] = []
+        results: list[Task] = []
+        with anyio.fail_after(5):  # the fallback poll (SLOW) would come after 30 s
+            async with anyio.create_task_group() as tg:
 
-            async def wait_in_b() -> None:
-                results.append(await b.wait(created, via="webhook", poll=SLOW))
+                async def wait_in_b() -> None:
+                    results.append(await b.wait(created, via="webhook", poll=SLOW))
 
-            tg.start_soon(wait_in_b)
-            await wait_until(lambda: hub_b.waiting == 1)
-            done = Task(created.task_id, status=TaskStatus.COMPLETED)
-            assert hub_a.handle({"x-webhook-secret": SECRET}, delivery(done)) is not None
+                tg.start_soon(wait_in_b)
+                await wait_until(lambda: hub_b.waiting == 1)
+                done = Task(created.task_id, status=TaskStatus.COMPLETED)
+                assert hub_a.handle({"x-webhook-secret": SECRET}, delivery(done)) is not None
         assert results[0].status is TaskStatus.COMPLETED
         assert emu_slow.stats.gets == gets  # no fallback poll: the delivery crossed workers
         assert hub_b.latest(created.task_id) is not None
