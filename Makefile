@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck docs dist bench clean
+.PHONY: demo test lint typecheck docs dist bench clean redis-server cluster-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,21 @@ docs: $(STAMP)
 dist: $(STAMP)
 	$(PY) tools/check_dist.py
 
-test: $(STAMP) lint typecheck docs dist
+# The coordination tests start a real redis-server (Debian's package; installed here when missing and root).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server (Debian package)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: sudo apt-get install -y redis-server" >&2; exit 1; fi; }
+
+test: $(STAMP) redis-server lint typecheck docs dist
 	$(PY) -X dev -W error -m pytest -q
+
+# 4 uvicorn workers of examples/fastapi_app.py, 200 swaps, account limit 16: without, then with Redis.
+cluster-demo: $(STAMP) redis-server
+	$(PY) examples/cluster_demo.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -8,6 +8,9 @@
     curl -F target=@target.jpg -F face=@face.png $PUBLIC_URL/swap/async    # 202 {"task_id": ...} at once
     curl $PUBLIC_URL/swap/<task_id>                                         # its current status
 
+Several workers (`uvicorn --workers 4`, gunicorn, replicas): set QUBICO_REDIS_URL=redis://host:6379/0
+(the `redis` extra) and every worker shares webhook results, the account's limit, 429 pauses and uploads.
+
 Offline: `python -m qubico_async emulator --port 8787`, then QUBICO_BASE_URL=http://127.0.0.1:8787
 QUBICO_API_KEY=emu-key PUBLIC_URL=http://127.0.0.1:8000 (the emulator only calls loopback).
 Needs the `fastapi` extra.
@@ -50,6 +53,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     api_key: str | None = field(default=None, repr=False)
     base_url: str = DEFAULT_BASE_URL
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,6 +63,7 @@ class Settings:
             public_url=os.environ.get("PUBLIC_URL", cls.public_url),
             api_key=os.environ.get("QUBICO_API_KEY") or None,
             base_url=os.environ.get("QUBICO_BASE_URL", DEFAULT_BASE_URL),
+            redis_url=os.environ.get("QUBICO_REDIS_URL") or None,
         )
 
 
@@ -73,7 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="face swap",
         lifespan=qubico_lifespan(
-            webhook_secret=settings.webhook_secret, api_key=settings.api_key, base_url=settings.base_url
+            webhook_secret=settings.webhook_secret,
+            api_key=settings.api_key,
+            base_url=settings.base_url,
+            redis_url=settings.redis_url,
         ),
     )
     app.include_router(webhook_router(WEBHOOK_PATH))

@@ -21,6 +21,7 @@ from ._pollsched import PollScheduler
 from ._uploads import UploadPolicy
 from ._webhook_hub import TaskRouter
 from .batch import Job, Outcome, OutcomeStatus, Prices
+from .coordination import Lease
 from .errors import (
     APIError,
     AuthenticationError,
@@ -54,13 +55,15 @@ class BatchServices:
     poll: PollPolicy
     prepare: Callable[[Request, UploadPolicy], Awaitable[Prepared]]
     """Check and load a request's media; nothing is sent."""
-    create: Callable[[Prepared, bool], Awaitable[Task]]
-    """The paid POST (`resubmit_uncertain` as the flag)."""
+    create: Callable[[Prepared, bool, Lease | None], Awaitable[Task]]
+    """The paid POST (`resubmit_uncertain` as the flag), holding the account-wide slot `lease`."""
     get_task: Callable[[str], Awaitable[Task]]
     account_info: Callable[[], Awaitable[AccountInfo]]
     requests_sent: Callable[[], Mapping[str, int]]
     hub: TaskRouter | None = None
     """Webhook deliveries race the batch's polls for jobs that asked for a webhook."""
+    acquire_slot: Callable[[], Awaitable[Lease]] | None = None
+    """coordination hook (issue 14): one account-wide slot per job, taken before the (shielded) POST."""
 
 
 def is_account_error(exc: BaseException) -> bool:
@@ -160,7 +163,12 @@ class JobRunner:
             return job.done("skipped", reason=self.stopped_reason or "budget")
         reserved += estimate
         try:
-            task = await self._create(prepared, job.key, estimate, journal)
+            lease = await self._services.acquire_slot() if self._services.acquire_slot is not None else None
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        try:
+            task = await self._create(prepared, job.key, estimate, journal, lease)
         except SubmissionUncertainError as exc:
             return job.done("uncertain", error=exc, reason=str(exc))  # reservation kept: it may be billed
         except _JournalWriteFailed as exc:
@@ -217,7 +225,9 @@ class JobRunner:
                 reason = f"{reason}; journal: {exc}" if reason else f"journal: {exc}"
         return job.done(status, task=final, reason=reason, spend_usd=cost, usage=usage, submitted_at=submitted_at)
 
-    async def _create(self, prepared: Prepared, key: str, estimate: float, journal: Journal | None) -> Task:
+    async def _create(
+        self, prepared: Prepared, key: str, estimate: float, journal: Journal | None, lease: Lease | None = None
+    ) -> Task:
         """Journal first, then the POST, then the task id. A cancel cannot split them: the POST
         gets `CANCEL_GRACE` seconds to answer, after which the job is recorded uncertain."""
         if journal is not None:
@@ -225,6 +235,8 @@ class JobRunner:
                 try:
                     await journal.record_intent(key, prepared.identity, estimate)
                 except JournalError as exc:
+                    if lease is not None:
+                        lease.release()
                     self.journal_failed(exc)
                     raise _JournalWriteFailed() from exc
         scope = anyio.CancelScope(shield=True)
@@ -233,7 +245,7 @@ class JobRunner:
         self._create_scopes.add(scope)
         try:
             with scope:
-                task = await self._services.create(prepared, self._resubmit)
+                task = await self._services.create(prepared, self._resubmit, lease)
         except SubmissionUncertainError as exc:
             await self._journal_write(journal, "record_uncertain", key, str(exc)[:500])
             raise

@@ -11,9 +11,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
+
+if TYPE_CHECKING:
+    from .coordination import Coordination
 
 __all__ = ["RateController"]
 
@@ -44,6 +47,8 @@ class RateController:
         self._recent: deque[float] = deque(maxlen=256)
         self._waiting: dict[Priority, int] = {"create": 0, "poll": 0}
         self.rate_limited = 0
+        self.shared: Coordination | None = None
+        """coordination hook (issue 14): a 429 pause shared with other processes (monotonic clock)."""
 
     @property
     def limited(self) -> bool:
@@ -52,6 +57,8 @@ class RateController:
     async def acquire(self, priority: Priority = "poll", max_wait: float = math.inf) -> None:
         """Wait (at most `max_wait` seconds) for permission to send one request."""
         start = self._clock()
+        if self.shared is not None:  # coordination hook (issue 14): another process's Retry-After
+            self._paused_until = max(self._paused_until, self.shared.shared_pause())
         if self.rate is None and self._paused_until <= start:
             self._recent.append(start)
             return
@@ -86,6 +93,8 @@ class RateController:
         self.rate_limited += 1
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + min(retry_after, 300.0))
+            if self.shared is not None:  # coordination hook (issue 14): pause the other processes too
+                self.shared.pause_for(min(retry_after, 300.0))
         if self.rate is not None and now - self._last_decrease < _DECREASE_EVERY:
             return  # one decrease per congestion event, not one per 429 of a burst
         observed = self._observed_rate(now)

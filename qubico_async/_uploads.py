@@ -12,7 +12,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
@@ -20,6 +20,9 @@ from attrs import define, field
 
 from ._download import safe_filename
 from .media import THREAD_THRESHOLD, LoadedMedia
+
+if TYPE_CHECKING:
+    from .coordination import SharedUploads
 
 __all__ = [
     "AUTO_UPLOAD_BYTES",
@@ -89,6 +92,10 @@ class UploadCache:
     _flights: dict[str, _Flight] = field(factory=dict, init=False)
     _seen: OrderedDict[str, None] = field(factory=OrderedDict, init=False)
     uploads: int = field(default=0, init=False)
+    shared: SharedUploads | None = field(default=None, init=False)
+    """coordination hook (issue 14): the cache shared by every process of the account."""
+    claim_wait: float = field(default=30.0, init=False)
+    """How long to wait for another process that is uploading the same content."""
 
     def cached(self, digest: str) -> str | None:
         entry = self._urls.get(digest)
@@ -124,11 +131,15 @@ class UploadCache:
         flight = _Flight()
         self._flights[digest] = flight
         try:
+            if self.shared is not None:  # coordination hook (issue 14): uploaded by another process?
+                known = await self._shared_url(digest)
+                if known is not None:
+                    return known
             url = await upload()
             self.uploads += 1
-            self._urls[digest] = _Entry(url, self.clock())
-            if len(self._urls) > self.max_entries:
-                self._urls.popitem(last=False)
+            self._store(digest, url, self.reuse_seconds)
+            if self.shared is not None:
+                await self.shared.put(digest, url, self.reuse_seconds)
             return url
         except Exception as exc:
             flight.error = exc
@@ -136,3 +147,26 @@ class UploadCache:
         finally:
             del self._flights[digest]
             flight.done.set()
+
+    def _store(self, digest: str, url: str, reusable_for: float) -> None:
+        self._urls[digest] = _Entry(url, self.clock() - (self.reuse_seconds - reusable_for))
+        self._urls.move_to_end(digest)
+        if len(self._urls) > self.max_entries:
+            self._urls.popitem(last=False)
+
+    async def _shared_url(self, digest: str) -> str | None:
+        """The URL another process uploaded; waits (bounded) while another one is uploading it."""
+        shared = self.shared
+        assert shared is not None
+        waited = 0.0
+        step = 0.05
+        while True:
+            found = await shared.get(digest)
+            if found is not None:
+                self._store(digest, *found)
+                return found[0]
+            if waited >= self.claim_wait or await shared.claim(digest, self.claim_wait):
+                return None  # ours to upload
+            await anyio.sleep(step)
+            waited += step
+            step = min(step * 2, 0.5)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .models import Task
+
+if TYPE_CHECKING:
+    from .coordination import Coordination
 
 __all__ = ["TaskRouter", "TaskSubscription"]
 
@@ -47,6 +52,18 @@ class TaskRouter:
         self._latest: OrderedDict[str, Task] = OrderedDict()
         self._slots: dict[str, _Slot] = {}
         self._active = 0
+        # coordination hook (issue 14): terminal states shared with other processes, and callbacks
+        self._coordination: Coordination | None = None
+        self._terminal_callbacks: list[Callable[[Task], None]] = []
+
+    def coordinate(self, coordination: Coordination) -> None:
+        """Share terminal states with the other processes of `coordination` (issue 14)."""
+        self._coordination = coordination
+        coordination.attach(self.resolve)
+
+    def on_terminal(self, callback: Callable[[Task], None]) -> None:
+        """Call `callback(task)` once per task, when its first terminal state is recorded."""
+        self._terminal_callbacks.append(callback)
 
     @property
     def waiting(self) -> int:
@@ -72,6 +89,11 @@ class TaskRouter:
             slot = self._slots.get(task_id)
             if slot is not None:
                 slot.resolve(task)
+            if previous is None or not previous.status.is_terminal:  # coordination hook (issue 14)
+                if self._coordination is not None:
+                    self._coordination.publish_terminal(task)
+                for callback in self._terminal_callbacks:
+                    callback(task)
 
     def subscribe(self, task_id: str) -> TaskSubscription:
         """Register interest in a task: `with hub.subscribe(id) as sub: task = await sub.terminal()`.
@@ -87,6 +109,8 @@ class TaskRouter:
             known = self._latest.get(task_id)
             slot = _Slot(known if known is not None and known.status.is_terminal else None)
             self._slots[task_id] = slot
+            if slot.result is None and self._coordination is not None:  # coordination hook (issue 14)
+                self._coordination.watch(task_id)
         slot.count += 1
         self._active += 1
         return slot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ import attrs
 
 from . import _download
 from ._batch_job import BatchServices
-from ._batch_runner import BatchRun
+from ._batch_runner import DEFAULT_CONCURRENCY, BatchRun
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_UPLOAD_URL,
@@ -36,12 +37,14 @@ from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Transport
 from ._uploads import UploadPolicy, content_digest
 from .batch import JobLike, Outcome, Prices, Progress
+from .coordination import Coordination, Lease, LocalCoordination
 from .errors import (
     ClientClosedError,
     InsufficientCreditError,
     InvalidInputError,
     MalformedResponseError,
     MissingApiKeyError,
+    QubicoError,
     SubmissionUncertainError,
     TaskFailedError,
 )
@@ -92,6 +95,7 @@ class QubicoClient:
         timeout: float | Timeouts | None = None,
         webhooks: WebhookHub | None = None,
         transport: HTTPTransport | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
@@ -125,6 +129,18 @@ class QubicoClient:
             self._transport.add_secret(webhooks.secret)
         """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
         self._media = MediaSender(self._post_upload if self.upload_url is not None else None)
+        # coordination hook (issue 14): one place wires the shared limit, hub, 429 pause and uploads.
+        self.coordination: Coordination = coordination if coordination is not None else LocalCoordination()
+        """Shares the account limit, webhook results, 429 pauses and uploads between processes."""
+        self.coordination.bind(key)
+        self._transport.limiter.shared = self.coordination
+        self._media._cache.shared = self.coordination.upload_cache
+        self._limit: int | None = None
+        self._limit_lock = asyncio.Lock()
+        self._leases: dict[str, tuple[Lease, asyncio.TimerHandle | None]] = {}
+        if webhooks is not None:
+            webhooks.coordinate(self.coordination)
+            webhooks.on_terminal(self._seen_terminal)
 
     def __repr__(self) -> str:
         state = "closed" if self._state == "closed" else ("open" if self._session is not None else "new")
@@ -142,6 +158,7 @@ class QubicoClient:
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
             self._session = aiohttp.ClientSession(connector=connector)
         self._state = "open"
+        await self.coordination.start()  # coordination hook (issue 14)
         return self
 
     async def __aexit__(
@@ -155,8 +172,16 @@ class QubicoClient:
             return
         self._state = "closed"
         session, self._session = self._session, None
-        if session is not None and self._borrowed is None:
-            await session.close()
+        for lease, timer in self._leases.values():  # coordination hook (issue 14)
+            lease.release()
+            if timer is not None:
+                timer.cancel()
+        self._leases.clear()
+        try:
+            await self.coordination.aclose()
+        finally:
+            if session is not None and self._borrowed is None:
+                await session.close()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._state == "closed":
@@ -209,8 +234,61 @@ class QubicoClient:
         self._require_key()
         return await self._media.prepare(request, upload)
 
-    async def _create(self, prepared: Prepared, resubmit_uncertain: bool = False) -> Task:
-        """The paid POST: sent once unless the failure proves no task was created."""
+    async def _acquire_slot(self) -> Lease:
+        """coordination hook (issue 14): one account-wide slot (no-op without a shared coordination)."""
+        if isinstance(self.coordination, LocalCoordination):
+            return await self.coordination.acquire(1)
+        async with self._limit_lock:  # the account's limit, asked once
+            if self._limit is None:
+                limit = getattr(self.coordination, "limit", None)
+                if limit is None:
+                    try:
+                        info = await self.account_info()
+                        limit = info.max_image_toolkit_concurrency or info.max_concurrent_task_count
+                    except QubicoError:
+                        limit = None
+                self._limit = limit or DEFAULT_CONCURRENCY
+        return await self.coordination.acquire(self._limit)
+
+    def _hold(self, task: Task | None, lease: Lease, hold_for: float) -> None:
+        """Keep `lease` until the task is seen terminal, at most `hold_for` seconds."""
+        if task is None:  # uncertain: it may run; the slot is held for its deadline
+            asyncio.get_running_loop().call_later(hold_for, lease.release)
+            return
+        if task.status.is_terminal:
+            lease.release()
+            return
+        timer = asyncio.get_running_loop().call_later(hold_for, self._seen_terminal, task)
+        self._leases[task.task_id] = (lease, timer)
+
+    def _seen_terminal(self, task: Task) -> None:
+        held = self._leases.pop(task.task_id, None)
+        if held is not None:
+            held[0].release()
+            if held[1] is not None:
+                held[1].cancel()
+
+    async def _create(self, prepared: Prepared, resubmit_uncertain: bool = False, lease: Lease | None = None) -> Task:
+        """The paid POST: sent once unless the failure proves no task was created.
+
+        With a shared coordination, the POST holds an account-wide slot (`lease`, else one is
+        taken here) until the task is seen terminal.
+        """
+        if lease is None:
+            lease = await self._acquire_slot()
+        hold_for = self.poll.timeout_for(None, model=prepared.request.model) or 3600.0
+        try:
+            task = await self._create_unleased(prepared, resubmit_uncertain)
+        except (SubmissionUncertainError, TaskFailedError) as exc:
+            self._hold(exc.task if isinstance(exc, TaskFailedError) else None, lease, hold_for)
+            raise
+        except BaseException:
+            lease.release()
+            raise
+        self._hold(task, lease, hold_for)
+        return task
+
+    async def _create_unleased(self, prepared: Prepared, resubmit_uncertain: bool) -> Task:
         body = await encode_json(prepared.payload)
         sent_at = time.time()
         envelope = await self._request(
@@ -245,7 +323,10 @@ class QubicoClient:
         never turn into a request for another path.
         """
         path = "/api/v1/task/" + urllib.parse.quote(_check_task_id(task_id), safe="")
-        return structure_task(_data(await self._request("GET", path), "get task"))
+        task = structure_task(_data(await self._request("GET", path), "get task"))
+        if task.status.is_terminal:
+            self._seen_terminal(task)  # coordination hook (issue 14): the slot is free again
+        return task
 
     async def wait(
         self,
@@ -419,6 +500,7 @@ class QubicoClient:
             poll=self.poll,
             prepare=self._prepare,
             create=self._create,
+            acquire_slot=self._acquire_slot,
             get_task=self.get_task,
             account_info=self.account_info,
             requests_sent=self._requests_sent,

@@ -66,7 +66,10 @@ class QubicoLifespan:
     attached) at startup, keeps it on `app.state.qubico`, and closes it at shutdown.
 
     `client_kwargs` go to `QubicoClient` (`api_key`, `base_url`, `poll`, `retry`, ...). An empty
-    secret fails at startup. To combine it with a lifespan of your own::
+    secret fails at startup. With `redis_url` (the `redis` extra), every worker of the app shares
+    webhook results, the account's concurrency limit, 429 pauses and uploads through Redis
+    (`RedisCoordination(redis_url)`; pass `coordination=` instead for its options). To combine
+    it with a lifespan of your own::
 
         @asynccontextmanager
         async def lifespan(app):
@@ -74,10 +77,13 @@ class QubicoLifespan:
                 yield
     """
 
-    def __init__(self, *, webhook_secret: str, **client_kwargs: Any) -> None:
+    def __init__(self, *, webhook_secret: str, redis_url: str | None = None, **client_kwargs: Any) -> None:
         if "webhooks" in client_kwargs:
             raise TypeError("qubico_lifespan() makes the WebhookHub from webhook_secret; do not pass webhooks=")
+        if redis_url is not None and client_kwargs.get("coordination") is not None:
+            raise TypeError("pass either redis_url= or coordination=, not both")
         self._secret = webhook_secret
+        self._redis_url = redis_url
         self._client_kwargs = client_kwargs
 
     def __repr__(self) -> str:
@@ -89,7 +95,12 @@ class QubicoLifespan:
         if getattr(state, STATE_ATTR, None) is not None:
             raise RuntimeError("app.state.qubico is already set: install qubico_lifespan() once per app")
         hub = WebhookHub(self._secret)  # ValueError for an empty secret: at startup, not at the first delivery
-        async with QubicoClient(webhooks=hub, **self._client_kwargs) as client:
+        kwargs = dict(self._client_kwargs)
+        if self._redis_url is not None:
+            from ..coordination import RedisCoordination
+
+            kwargs["coordination"] = RedisCoordination(self._redis_url)
+        async with QubicoClient(webhooks=hub, **kwargs) as client:
             setattr(state, STATE_ATTR, client)
             try:
                 yield
@@ -97,9 +108,10 @@ class QubicoLifespan:
                 delattr(state, STATE_ATTR)
 
 
-def qubico_lifespan(*, webhook_secret: str, **client_kwargs: Any) -> QubicoLifespan:
-    """`FastAPI(lifespan=qubico_lifespan(webhook_secret=..., **QubicoClient_kwargs))`; see `QubicoLifespan`."""
-    return QubicoLifespan(webhook_secret=webhook_secret, **client_kwargs)
+def qubico_lifespan(*, webhook_secret: str, redis_url: str | None = None, **client_kwargs: Any) -> QubicoLifespan:
+    """`FastAPI(lifespan=qubico_lifespan(webhook_secret=..., redis_url=..., **QubicoClient_kwargs))`;
+    see `QubicoLifespan`."""
+    return QubicoLifespan(webhook_secret=webhook_secret, redis_url=redis_url, **client_kwargs)
 
 
 def get_client(conn: HTTPConnection) -> QubicoClient:
