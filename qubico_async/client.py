@@ -22,7 +22,7 @@ from ._batch_runner import BatchRun, BatchServices
 from ._convert import structure_account, structure_task
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Timeouts, Transport
-from ._uploads import UploadPolicy, content_digest
+from ._uploads import UploadPolicy
 from .batch import JobLike, Prices, Progress
 from .errors import (
     ClientClosedError,
@@ -472,7 +472,7 @@ class QubicoClient:
         if media.is_url:
             return media.url
         loaded = await media.load()
-        return await self._media.upload(loaded, await content_digest(loaded.data))
+        return await self._media.upload(loaded, loaded.digest)
 
     async def _post_upload(self, body: bytes) -> dict[str, Any]:
         session = self._http()
