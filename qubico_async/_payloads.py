@@ -19,7 +19,7 @@ from ._mediainfo import VideoInfo
 from ._transport import fingerprint
 from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, upload_body
 from .errors import InsufficientPlanError, InvalidInputError, MalformedResponseError, PermissionDeniedError
-from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
+from .media import CPU_LOCK, THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
 from .requests import Prepared, coerce_request
 
 __all__ = ["InlineMedia", "MediaSender", "coerce_media", "encode_json"]
@@ -167,5 +167,9 @@ async def encode_json(payload: dict[str, Any]) -> bytes:
         parts.append(rest.encode())
         return b"".join(parts)
 
+    def build_locked() -> bytes:
+        with CPU_LOCK:
+            return build()
+
     size = sum(media.loaded.size for media in inline)
-    return await anyio.to_thread.run_sync(build) if size > THREAD_THRESHOLD else build()
+    return await anyio.to_thread.run_sync(build_locked) if size > THREAD_THRESHOLD else build()

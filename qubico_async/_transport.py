@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import logging
 import random
@@ -18,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 import aiohttp
+import aiohttp.payload
 import anyio
 from attrs import field, frozen, validators
 
@@ -121,6 +121,32 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
         cleaned["config"] = {**config, "webhook_config": hook}
     canonical = json.dumps(cleaned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _SlicedBody(aiohttp.payload.Payload):
+    """A bytes body written in slices, each awaited: no copy of the whole, the loop runs between."""
+
+    _value: bytes
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__(value, content_type="application/json")
+        self._length = len(value)
+
+    @property
+    def size(self) -> int:
+        return self._length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._value.decode(encoding, errors)
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        view = memoryview(self._value)
+        end = self._length if content_length is None else min(content_length, self._length)
+        for at in range(0, end, _STREAM_BODY_BYTES):
+            await writer.write(view[at : min(end, at + _STREAM_BODY_BYTES)])
 
 
 _TAGS = re.compile(r"<[^>]+>")
@@ -308,8 +334,8 @@ class Transport:
             async with session.request(
                 method,
                 url,
-                # Big bodies go as a stream: aiohttp would otherwise copy them on the event loop.
-                data=io.BytesIO(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
+                # Big bodies go in slices: one write (or BytesIO.getbuffer) would copy them on the loop.
+                data=_SlicedBody(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
                 headers=self._headers(body is not None),
                 timeout=self.timeouts.to_aiohttp(),
                 allow_redirects=False,

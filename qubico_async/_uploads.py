@@ -18,7 +18,7 @@ import anyio.to_thread
 from attrs import define, field
 
 from ._download import safe_filename
-from .media import THREAD_THRESHOLD, LoadedMedia
+from .media import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 
 __all__ = [
     "AUTO_UPLOAD_BYTES",
@@ -55,7 +55,8 @@ async def upload_body(loaded: LoadedMedia) -> bytes:
 
     def build() -> bytes:  # base64 needs no JSON escaping: written as is, not through json.dumps
         head = json.dumps({"file_name": _file_name(loaded)})[:-1].encode()
-        return b"".join((head, b', "file_data": "', loaded.base64_bytes(), b'"}'))
+        with CPU_LOCK:
+            return b"".join((head, b', "file_data": "', loaded.base64_bytes(), b'"}'))
 
     if loaded.size > THREAD_THRESHOLD:
         return await anyio.to_thread.run_sync(build)

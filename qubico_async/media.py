@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar, Union
@@ -43,6 +44,10 @@ logger = logging.getLogger("qubico_async")
 
 THREAD_THRESHOLD = 256 * 1024
 """Files and payloads above this size are read and encoded in a worker thread."""
+
+CPU_LOCK = threading.Lock()
+"""Held by worker threads while they decode, encode or join large media: one at a time competes
+with the event loop for the GIL (several did, and the loop waited for each of them in turn)."""
 
 SourceKind = Literal["url", "data_uri", "base64", "bytes", "path"]
 M = TypeVar("M", bound="_Media")
@@ -210,7 +215,7 @@ class _Media:
                     f"{MAX_MEDIA_BYTES // 1_048_576} MB"
                 )
             if end - start > THREAD_THRESHOLD:
-                size, digest, info = await anyio.to_thread.run_sync(self._check_base64, text, start, end)
+                size, digest, info = await anyio.to_thread.run_sync(self._check_base64_locked, text, start, end)
             else:
                 size, digest, info = self._check_base64(text, start, end)
             return LoadedMedia(
@@ -241,6 +246,10 @@ class _Media:
             digest=digest,
             raw=data,
         )
+
+    def _check_base64_locked(self, text: str, start: int, end: int) -> tuple[int, str, ImageInfo | VideoInfo]:
+        with CPU_LOCK:
+            return self._check_base64(text, start, end)
 
     def _check_base64(self, text: str, start: int, end: int) -> tuple[int, str, ImageInfo | VideoInfo]:
         """(decoded size, sha256, header info) of `text[start:end]`, decoded a slice at a time.
