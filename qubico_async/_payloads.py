@@ -131,13 +131,14 @@ class InlineMedia:
         return self.loaded.data_uri()
 
 
-async def encode_json(payload: dict[str, Any]) -> bytes:
+async def encode_json(payload: dict[str, Any]) -> bytes | tuple[bytes, ...]:
     """The request body as compact JSON bytes.
 
     Inline media is written around the JSON of everything else: its base64 text goes in as bytes
     (base64 and a mime type need no JSON escaping), never through `json.dumps`. Large bodies are
     built in a worker thread whose every step is short (slices of base64, one join), so the event
-    loop keeps running meanwhile.
+    loop keeps running meanwhile. A large body comes as a tuple of pieces, written to the socket
+    one after another and never joined (one copy of the base64 in memory, not two).
     """
     inline: list[InlineMedia] = []
     nonce = secrets.token_hex(8)
@@ -156,20 +157,23 @@ async def encode_json(payload: dict[str, Any]) -> bytes:
     if not inline:
         return skeleton.encode()
 
-    def build() -> bytes:
+    def build() -> tuple[bytes, ...]:
         parts: list[bytes] = []
         rest = skeleton
         for index, media in enumerate(inline):
             token = f'"\\u0000{nonce}:{index}\\u0000"'
             before, _, rest = rest.partition(token)
             parts += (before.encode(), b'"data:', media.loaded.mime.encode("ascii"), b";base64,")
-            parts += (media.loaded.base64_bytes(), b'"')
+            parts += media.loaded.base64_chunks()
+            parts.append(b'"')
         parts.append(rest.encode())
-        return b"".join(parts)
+        return tuple(parts)
 
-    def build_locked() -> bytes:
+    def build_locked() -> tuple[bytes, ...]:
         with CPU_LOCK:
             return build()
 
     size = sum(media.loaded.size for media in inline)
-    return await anyio.to_thread.run_sync(build_locked) if size > THREAD_THRESHOLD else build()
+    if size > THREAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(build_locked)
+    return b"".join(build())

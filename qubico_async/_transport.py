@@ -123,30 +123,46 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+Body = bytes | tuple[bytes, ...]
+"""A request body: bytes, or pieces sent one after another (a large body built around media)."""
+
+
+def _body_size(body: Body) -> int:
+    return len(body) if isinstance(body, bytes) else sum(map(len, body))
+
+
+def _sliced(body: Body) -> bool:
+    return isinstance(body, tuple) or len(body) > _STREAM_BODY_BYTES
+
+
 class _SlicedBody(aiohttp.payload.Payload):
-    """A bytes body written in slices, each awaited: no copy of the whole, the loop runs between."""
+    """A body written in slices, each awaited: never copied or joined, the loop runs between."""
 
-    _value: bytes
+    _value: tuple[bytes, ...]
 
-    def __init__(self, value: bytes) -> None:
-        super().__init__(value, content_type="application/json")
-        self._length = len(value)
+    def __init__(self, body: Body) -> None:
+        super().__init__(body if isinstance(body, tuple) else (body,), content_type="application/json")
+        self._length = _body_size(body)
 
     @property
     def size(self) -> int:
         return self._length
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._value.decode(encoding, errors)
+        return b"".join(self._value).decode(encoding, errors)
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        view = memoryview(self._value)
-        end = self._length if content_length is None else min(content_length, self._length)
-        for at in range(0, end, _STREAM_BODY_BYTES):
-            await writer.write(view[at : min(end, at + _STREAM_BODY_BYTES)])
+        left = self._length if content_length is None else min(content_length, self._length)
+        for piece in self._value:
+            view = memoryview(piece)[:left]
+            for at in range(0, len(view), _STREAM_BODY_BYTES):
+                await writer.write(view[at : at + _STREAM_BODY_BYTES])
+            left -= len(view)
+            if left <= 0:
+                return
 
 
 _TAGS = re.compile(r"<[^>]+>")
@@ -267,7 +283,7 @@ class Transport:
         method: str,
         url: str,
         *,
-        body: bytes | None = None,
+        body: Body | None = None,
         kind: RequestKind = "read",
         fingerprint: str = "",
         request: object = None,
@@ -326,7 +342,7 @@ class Transport:
         return resubmit_uncertain and (is_uncertain_create(exc) or isinstance(exc, MalformedResponseError))
 
     async def _send_once(
-        self, session: aiohttp.ClientSession, method: str, url: str, body: bytes | None
+        self, session: aiohttp.ClientSession, method: str, url: str, body: Body | None
     ) -> dict[str, Any]:
         started = time.monotonic()
         failure: TransportError | None = None
@@ -335,7 +351,7 @@ class Transport:
                 method,
                 url,
                 # Big bodies go in slices: one write (or BytesIO.getbuffer) would copy them on the loop.
-                data=_SlicedBody(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
+                data=_SlicedBody(body) if body is not None and _sliced(body) else body,
                 headers=self._headers(body is not None),
                 timeout=self.timeouts.to_aiohttp(),
                 allow_redirects=False,

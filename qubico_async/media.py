@@ -86,22 +86,25 @@ class LoadedMedia:
         start, end = self._span
         return base64.b64decode(self._text[start:end])
 
-    def base64_bytes(self) -> bytes:
-        """The content as base64 (ASCII bytes). CPU-bound for large files: call from a thread.
+    def base64_chunks(self) -> list[bytes]:
+        """The content as base64 (ASCII bytes) in pieces that join into one valid text.
 
-        Base64 text given by the caller is sent as given. Bytes are encoded in slices, so a worker
-        thread doing this gives the GIL back to the event loop between slices.
+        CPU-bound for large files: call from a thread. Base64 text given by the caller is sent as
+        given. Bytes are encoded in slices, so a worker thread doing this gives the GIL back to the
+        event loop between slices, and nothing joins them: the body is written piece by piece.
         """
         if self._text is not None:
             start, end = self._span
             whole = self._text.encode("ascii", "replace")  # one byte per char: offsets hold
-            return whole if (start, end) == (0, len(whole)) else whole[start:end]
+            return [whole if (start, end) == (0, len(whole)) else whole[start:end]]
         assert self._raw is not None
-        raw = self._raw
-        if len(raw) <= _ENCODE_SLICE:
-            return base64.b64encode(raw)
-        view = memoryview(raw)
-        return b"".join(base64.b64encode(view[i : i + _ENCODE_SLICE]) for i in range(0, len(raw), _ENCODE_SLICE))
+        view = memoryview(self._raw)
+        return [base64.b64encode(view[i : i + _ENCODE_SLICE]) for i in range(0, len(view), _ENCODE_SLICE)]
+
+    def base64_bytes(self) -> bytes:
+        """The content as base64 in one piece (see `base64_chunks`)."""
+        chunks = self.base64_chunks()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def data_uri(self) -> str:
         """The content as a `data:` URI (CPU-bound for large files: call from a thread)."""

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from qubico_async import FaceSwap, Image, MultiFaceSwap, RawTask, WebhookConfig
+from qubico_async import FaceSwap, Image, MultiFaceSwap, QubicoClient, RawTask, RetryPolicy, WebhookConfig
 from qubico_async._payloads import MediaSender, encode_json
 from qubico_async.errors import InvalidInputError
+
+from .scripted_service import Answer, ScriptedService
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +71,7 @@ async def test_body_is_the_old_json_and_identity_is_unchanged(size: int) -> None
     for request in forms:
         prepared = await sender.prepare(request, "never")
         body = await encode_json(prepared.payload)
+        body = body if isinstance(body, bytes) else b"".join(body)
         assert json.loads(body) == expected
         assert body == json.dumps(expected, separators=(",", ":")).encode()
         identities.add(prepared.identity)
@@ -81,7 +84,9 @@ async def test_other_fields_and_raw_tasks_are_encoded_as_json() -> None:
     hook = WebhookConfig("https://hooks.example/x", "s3cret")
     multi = MultiFaceSwap(image, image, [0, 1], [1, 0], webhook=hook, service_mode='pu"blic\u00e9')
     prepared = await sender.prepare(multi, "never")
-    parsed = json.loads(await encode_json(prepared.payload))
+    body = await encode_json(prepared.payload)
+    assert isinstance(body, bytes)
+    parsed = json.loads(body)
     assert parsed["input"] == {
         "target_image": uri(image),
         "swap_image": uri(image),
@@ -95,7 +100,9 @@ async def test_other_fields_and_raw_tasks_are_encoded_as_json() -> None:
     assert prepared.identity == old_identity(parsed, {"target_image": image, "swap_image": image})
     # A caller's value that looks like the body's internal marker is sent as the caller's text.
     raw = RawTask(model="m", task_type="t", input={"a": Image.from_bytes(image), "b": "\x00x:0\x00", "c": [1, None]})
-    parsed = json.loads(await encode_json((await sender.prepare(raw, "never")).payload))
+    body = await encode_json((await sender.prepare(raw, "never")).payload)
+    assert isinstance(body, bytes)
+    parsed = json.loads(body)
     assert parsed["input"] == {"a": uri(image), "b": "\x00x:0\x00", "c": [1, None]}
 
 
@@ -129,3 +136,21 @@ async def test_header_beyond_the_decoded_prefix_is_still_checked() -> None:
     assert loaded.digest == hashlib.sha256(ok).hexdigest()
     assert loaded.size == len(ok)
     assert loaded.data == ok
+
+
+@pytest.mark.parametrize("size", [150_000, 300_000])
+async def test_sliced_body_reaches_the_service_whole_and_again_on_a_retry(size: int) -> None:
+    """A large body goes as pieces (never joined): the service reads the same JSON, also when resent."""
+    target, swap = png(size, 3), png(size, 4)
+    answers = iter([(429, {"code": 429, "message": "slow down"})])
+
+    def create(service: ScriptedService, payload: dict[str, Any]) -> Answer:
+        return next(answers, None) or service.accept(payload)
+
+    async with ScriptedService().running() as service:
+        service.on_create = create
+        async with QubicoClient("key", base_url=service.base_url, retry=RetryPolicy.instant()) as client:
+            task = await client.submit(FaceSwap(target, Image.from_base64(base64.b64encode(swap))), upload="never")
+    assert task.task_id
+    assert service.creates == 2
+    assert [p["input"] for p in service.payloads] == [{"target_image": uri(target), "swap_image": uri(swap)}] * 2
