@@ -382,12 +382,19 @@ class Transport:
             if carried is None:
                 raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
             _warn_task_with_error(method, _path(url), f"HTTP {status}", carried, self._redact)
-            return self._redact_tree(carried)
-        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact))
+            return self._redact_tree(carried, raw)
+        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact), raw)
 
-    def _redact_tree(self, value: dict[str, Any]) -> dict[str, Any]:
-        """`value` with the API key and webhook secrets replaced in every string value the server sent."""
+    def _redact_tree(self, value: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        """`value` with the API key and webhook secrets replaced in every string value the server sent.
+
+        Skipped when the raw body shows no secret and has no backslash: without a JSON escape, every
+        decoded string is a substring of the raw UTF-8, so no secret can be in one (the usual case;
+        walking every answer cost about as much as decoding it).
+        """
         key = self._api_key.reveal() if self._api_key is not None else ""
+        if b"\\" not in raw and not any(s.encode() in raw for s in (key, *self._secrets) if s):
+            return value
         try:
             return cast(dict[str, Any], redact_tree(value, (key, *self._secrets)))
         except RecursionError:

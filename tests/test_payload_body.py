@@ -21,7 +21,7 @@ from qubico_async import FaceSwap, Image, MultiFaceSwap, QubicoClient, RawTask, 
 from qubico_async._payloads import MediaSender, encode_json
 from qubico_async.errors import InvalidInputError
 
-from .scripted_service import Answer, ScriptedService
+from .scripted_service import Answer, ScriptedService, envelope, real_task
 
 pytestmark = pytest.mark.anyio
 
@@ -154,3 +154,20 @@ async def test_sliced_body_reaches_the_service_whole_and_again_on_a_retry(size: 
     assert task.task_id
     assert service.creates == 2
     assert [p["input"] for p in service.payloads] == [{"target_image": uri(target), "swap_image": uri(swap)}] * 2
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+async def test_a_secret_echoed_in_an_answer_is_redacted_even_when_json_escaped(escaped: bool) -> None:
+    """Redaction of answers is skipped only when the raw body cannot hold a secret (no match, no escape)."""
+    key = "sk-live-0123456789abcdef"
+    echoed = "".join(f"\\u{ord(c):04x}" for c in key) if escaped else key
+
+    def create(service: ScriptedService, payload: dict[str, Any]) -> Answer:
+        task = json.dumps(envelope(real_task(service.new_id(), "pending")))
+        return 200, task.replace('"model": "Qubico/image-toolkit"', f'"model": "echo {echoed}"')
+
+    async with ScriptedService().running() as service:
+        service.on_create = create
+        async with QubicoClient(key, base_url=service.base_url) as client:
+            task = await client.submit(FaceSwap(png(100), png(100, 1)), upload="never")
+    assert task.model == "echo ***"
