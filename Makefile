@@ -25,8 +25,9 @@ typecheck: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(PY) -X dev -W error -m pytest -q
 
+# BENCH_QUICK=1 make bench: a smoke run of a few minutes. Other benchmarks: $(PY) -m benchmarks bench_batch
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks bench_perf
 
 clean:
 	rm -rf $(VENV) demo-output build dist *.egg-info
