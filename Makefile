@@ -47,8 +47,9 @@ test: $(STAMP) redis-server lint typecheck docs dist
 cluster-demo: $(STAMP) redis-server
 	$(PY) examples/cluster_demo.py
 
+# BENCH_QUICK=1 make bench: a smoke run of a few minutes. Other benchmarks: $(PY) -m benchmarks bench_batch
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks bench_perf
 
 clean:
 	rm -rf $(VENV) demo-output build dist site *.egg-info

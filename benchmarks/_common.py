@@ -98,10 +98,15 @@ class EmulatorProcess:
 
 @contextmanager
 def emulator_process(
-    *, processing_seconds: float, tiny_result: bool = False, release_media: bool = True
+    *, processing_seconds: float, tiny_result: bool = False, release_media: bool = True, durations: str | None = None
 ) -> Iterator[EmulatorProcess]:
-    """Start an emulator in its own process; it exits when its stdin closes."""
+    """Start an emulator in its own process; it exits when its stdin closes.
+
+    `durations` overrides `processing_seconds`: a number of seconds, or `lognormal:<median>:<p95>:<seed>`.
+    """
     cmd = [sys.executable, "-m", "benchmarks._emulator_proc", "--processing-seconds", str(processing_seconds)]
+    if durations is not None:
+        cmd += ["--durations", durations]
     if tiny_result:
         cmd.append("--tiny-result")
     if release_media:

@@ -15,16 +15,23 @@ plus the pending and processing time, i.e. the instant the task really completes
 emulator otherwise keeps for its lifetime (about 2.3x the image bytes per task). It has no option
 for that, so this helper clears them through the live `Emulator.tasks` view when it sends a task's
 terminal status; the emulator never reads them again after that.
+
+`--durations lognormal:<median>:<p95>:<seed>` gives every task its own processing time, drawn from a
+seeded lognormal distribution: the emulator reads `processing_seconds` once per create (into the
+task's `StoredTask.processing_seconds`), so `_DrawnDurations` makes that attribute a draw. `due_unix`
+then uses the task's own time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -42,22 +49,49 @@ def tiny_result(job: SwapJob) -> bytes:
     return _TINY
 
 
-async def serve(processing_seconds: float, tiny: bool, release_media: bool) -> None:
+class _DrawnDurations(Emulator):
+    """An emulator whose `processing_seconds` is a fresh lognormal draw each time it is read."""
+
+    draw: Callable[[], float] = staticmethod(lambda: 0.0)
+
+    @property  # type: ignore[override]
+    def processing_seconds(self) -> float:
+        return self.draw()
+
+    @processing_seconds.setter
+    def processing_seconds(self, value: float) -> None:
+        pass
+
+
+def _lognormal(spec: str) -> Callable[[], float]:
+    """`lognormal:<median>:<p95>:<seed>` as a function returning seeded draws."""
+    _, median, p95, seed = spec.split(":")
+    rng = random.Random(int(seed))
+    mu, sigma = math.log(float(median)), math.log(float(p95) / float(median)) / 1.6449
+    return lambda: rng.lognormvariate(mu, sigma)
+
+
+async def serve(processing_seconds: float, tiny: bool, release_media: bool, durations: str | None) -> None:
     created: dict[str, float] = {}
     view: Mapping[str, StoredTask] = {}
 
     def stamp(data: dict[str, Any]) -> dict[str, Any]:
         task_id = data["task_id"]
         at = created.setdefault(task_id, time.time())  # the first answer about a task is its create
-        data["detail"] = {"created_unix": at, "due_unix": at + processing_seconds}
-        if release_media and data["status"] in ("completed", "failed"):
-            stored = view.get(task_id)
-            if stored is not None and stored.media:
-                stored.media.clear()
-                stored.input.clear()
+        stored = view.get(task_id)
+        took = stored.pending_seconds + stored.processing_seconds if stored is not None else processing_seconds
+        data["detail"] = {"created_unix": at, "due_unix": at + took}
+        if release_media and data["status"] in ("completed", "failed") and stored is not None and stored.media:
+            stored.media.clear()
+            stored.input.clear()
         return data
 
-    emu = Emulator(
+    cls: type[Emulator] = Emulator
+    if durations is not None and durations.startswith("lognormal:"):
+        cls = type("DrawnDurations", (_DrawnDurations,), {"draw": staticmethod(_lognormal(durations))})
+    elif durations is not None:
+        processing_seconds = float(durations)
+    emu = cls(
         api_key=API_KEY,
         processing_seconds=processing_seconds,
         processor=tiny_result if tiny else identity,
@@ -92,8 +126,9 @@ def main() -> None:
     parser.add_argument("--processing-seconds", type=float, default=1.0)
     parser.add_argument("--tiny-result", action="store_true")
     parser.add_argument("--release-media", action="store_true")
+    parser.add_argument("--durations", default=None, help="seconds, or lognormal:<median>:<p95>:<seed>")
     args = parser.parse_args()
-    anyio.run(serve, args.processing_seconds, args.tiny_result, args.release_media)
+    anyio.run(serve, args.processing_seconds, args.tiny_result, args.release_media, args.durations)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Anything else that does not fit raises `MalformedResponseError`, never a bare ca
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -52,6 +53,12 @@ def _parse_datetime(value: Any, _: Any = None) -> dt.datetime | None:
             return None
     if not isinstance(value, str) or len(value) > 64:
         return None
+    return _parse_iso(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_iso(value: str) -> dt.datetime | None:
+    """An ISO-8601 text as an aware datetime, or None. Cached: every poll of a task repeats its stamps."""
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     # Python 3.10's fromisoformat wants exactly 3 or 6 fraction digits.
     text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import io
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from attrs import field, frozen
@@ -20,10 +19,52 @@ from attrs import field, frozen
 from ._config import Timeouts
 from .errors import MalformedResponseError, TransportError
 
-__all__ = ["AiohttpTransport", "HTTPRequest", "HTTPResponse", "HTTPTransport", "MockTransport"]
+__all__ = ["AiohttpTransport", "Body", "HTTPRequest", "HTTPResponse", "HTTPTransport", "MockTransport"]
 
 _STREAM_BODY_BYTES = 512 * 1024
 """Bodies above this go to aiohttp as a stream: it would otherwise copy them on the event loop."""
+
+
+Body = bytes | tuple[bytes, ...]
+"""A request body: bytes, or pieces sent one after another (a large body built around media)."""
+
+
+def _body_size(body: Body) -> int:
+    return len(body) if isinstance(body, bytes) else sum(map(len, body))
+
+
+def _sliced(body: Body) -> bool:
+    return isinstance(body, tuple) or len(body) > _STREAM_BODY_BYTES
+
+
+class _SlicedBody(aiohttp.payload.Payload):
+    """A body written in slices, each awaited: never copied or joined, the loop runs between."""
+
+    _value: tuple[bytes, ...]
+
+    def __init__(self, body: Body) -> None:
+        super().__init__(body if isinstance(body, tuple) else (body,), content_type="application/json")
+        self._length = _body_size(body)
+
+    @property
+    def size(self) -> int:
+        return self._length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        left = self._length if content_length is None else min(content_length, self._length)
+        for piece in self._value:
+            view = memoryview(piece)[:left]
+            for at in range(0, len(view), _STREAM_BODY_BYTES):
+                await writer.write(view[at : at + _STREAM_BODY_BYTES])
+            left -= len(view)
+            if left <= 0:
+                return
 
 
 @frozen
@@ -33,7 +74,8 @@ class HTTPRequest:
     method: str
     url: str
     headers: Mapping[str, str] = field(factory=dict, repr=False)
-    body: bytes | None = field(default=None, repr=False)
+    body: Body | None = field(default=None, repr=False)
+    """Bytes, or pieces sent one after another (a large body built around media: never joined)."""
 
 
 @frozen
@@ -77,7 +119,8 @@ class AiohttpTransport:
             async with self._session().request(
                 request.method,
                 request.url,
-                data=io.BytesIO(body) if body is not None and len(body) > _STREAM_BODY_BYTES else body,
+                # Big bodies go in slices: one write (or BytesIO.getbuffer) would copy them on the loop.
+                data=_SlicedBody(body) if body is not None and _sliced(body) else body,
                 headers=dict(request.headers),
                 timeout=timeouts.to_aiohttp(),
                 allow_redirects=False,

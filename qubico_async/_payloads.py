@@ -7,20 +7,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
+from attrs import frozen
 
 from ._mediainfo import VideoInfo
 from ._transport import fingerprint
-from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, content_digest, upload_body
+from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, upload_body
 from .errors import InsufficientPlanError, InvalidInputError, MalformedResponseError, PermissionDeniedError
-from .media import THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
+from .media import CPU_LOCK, THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
 from .requests import Prepared, coerce_request
 
-__all__ = ["MediaSender", "coerce_media", "encode_json"]
+__all__ = ["InlineMedia", "MediaSender", "coerce_media", "encode_json"]
 
 logger = logging.getLogger("qubico_async")
 
@@ -46,8 +48,8 @@ class MediaSender:
 
         async def load(media: _Media) -> tuple[LoadedMedia, str]:
             if id(media) not in loaded:
-                content = await media.load()
-                loaded[id(media)] = (content, await content_digest(content.data))
+                content = await media.load()  # hashed while it is read or decoded: one pass
+                loaded[id(media)] = (content, content.digest)
                 if isinstance(content.info, VideoInfo) and content.info.frames is not None:
                     frames.append(content.info.frames)
             return loaded[id(media)]
@@ -55,7 +57,7 @@ class MediaSender:
         async def canonical(media: _Media) -> str:
             return media.url if media.is_url else "sha256:" + (await load(media))[1]
 
-        async def resolve(media: _Media) -> str:
+        async def resolve(media: _Media) -> str | InlineMedia:
             return media.url if media.is_url else await self.wire(*(await load(media)), policy)
 
         identity = fingerprint(await req.build(canonical))
@@ -88,12 +90,12 @@ class MediaSender:
 
         return await self._cache.get_or_upload(digest, send)
 
-    async def wire(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str:
-        """What the service receives for local media: an upload URL or a data URI."""
+    async def wire(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str | InlineMedia:
+        """What the service receives for local media: an upload URL, or the content inline."""
         auto_off = self._refused or self._post_upload is None
         if policy != "never" and not (policy == "auto" and auto_off):
             reused = self._cache.seen(digest)
-            if policy == "always" or reused or len(loaded.data) > AUTO_UPLOAD_BYTES:
+            if policy == "always" or reused or loaded.size > AUTO_UPLOAD_BYTES:
                 try:
                     return await self.upload(loaded, digest)
                 except InsufficientPlanError:
@@ -101,9 +103,7 @@ class MediaSender:
                         raise
                     self._refused = True
                     logger.warning("uploads are not available on this plan; sending media inline from now on")
-        if len(loaded.data) > THREAD_THRESHOLD:
-            return await anyio.to_thread.run_sync(loaded.data_uri)
-        return loaded.data_uri()
+        return InlineMedia(loaded)
 
 
 def coerce_media(source: object) -> _Media:
@@ -118,11 +118,62 @@ def coerce_media(source: object) -> _Media:
     return Video.coerce(source) if is_video else Image.coerce(source)
 
 
-async def encode_json(payload: dict[str, Any]) -> bytes:
-    """The request body, encoded off the event loop when the inlined media is large."""
+@frozen
+class InlineMedia:
+    """Local media sent inline: written into the body as a data URI when the body is built.
 
-    def encode() -> bytes:
-        return json.dumps(payload, separators=(",", ":")).encode()
+    Stands in the payload instead of a `str`, so the base64 text exists once, in the body.
+    """
 
-    size = sum(len(v) for v in payload.get("input", {}).values() if isinstance(v, str))
-    return await anyio.to_thread.run_sync(encode) if size > THREAD_THRESHOLD else encode()
+    loaded: LoadedMedia
+
+    def data_uri(self) -> str:
+        return self.loaded.data_uri()
+
+
+async def encode_json(payload: dict[str, Any]) -> bytes | tuple[bytes, ...]:
+    """The request body as compact JSON bytes.
+
+    Inline media is written around the JSON of everything else: its base64 text goes in as bytes
+    (base64 and a mime type need no JSON escaping), never through `json.dumps`. Large bodies are
+    built in a worker thread whose every step is short (slices of base64, one join), so the event
+    loop keeps running meanwhile. A large body comes as a tuple of pieces, written to the socket
+    one after another and never joined (one copy of the base64 in memory, not two).
+    """
+    inline: list[InlineMedia] = []
+    nonce = secrets.token_hex(8)
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, InlineMedia):
+            inline.append(value)
+            return f"\x00{nonce}:{len(inline) - 1}\x00"
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [mark(v) for v in value]
+        return value
+
+    skeleton = json.dumps(mark(payload), separators=(",", ":"))
+    if not inline:
+        return skeleton.encode()
+
+    def build() -> tuple[bytes, ...]:
+        parts: list[bytes] = []
+        rest = skeleton
+        for index, media in enumerate(inline):
+            token = f'"\\u0000{nonce}:{index}\\u0000"'
+            before, _, rest = rest.partition(token)
+            parts += (before.encode(), b'"data:', media.loaded.mime.encode("ascii"), b";base64,")
+            parts += media.loaded.base64_chunks()
+            parts.append(b'"')
+        parts.append(rest.encode())
+        return tuple(parts)
+
+    def build_locked() -> tuple[bytes, ...]:
+        with CPU_LOCK:
+            return build()
+
+    size = sum(media.loaded.size for media in inline)
+    if size > THREAD_THRESHOLD:
+        return await anyio.to_thread.run_sync(build_locked)
+    return b"".join(build())

@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 import aiohttp
+import aiohttp.payload
 import anyio
 
 from ._config import Timeouts
-from ._http import AiohttpTransport, HTTPRequest, HTTPTransport
+from ._http import AiohttpTransport, Body, HTTPRequest, HTTPTransport
 from ._http import path as _path
 from ._rate import RateController
 from ._redaction import redact_tree
@@ -225,7 +226,7 @@ class Transport:
         method: str,
         url: str,
         *,
-        body: bytes | None = None,
+        body: Body | None = None,
         kind: RequestKind = "read",
         fingerprint: str = "",
         request: object = None,
@@ -283,7 +284,7 @@ class Transport:
             return True
         return resubmit_uncertain and (is_uncertain_create(exc) or isinstance(exc, MalformedResponseError))
 
-    async def _send_once(self, method: str, url: str, body: bytes | None) -> dict[str, Any]:
+    async def _send_once(self, method: str, url: str, body: Body | None) -> dict[str, Any]:
         started = time.monotonic()
         request = HTTPRequest(method, url, self._headers(body is not None), body)
         resp = await self._http.send(
@@ -297,12 +298,19 @@ class Transport:
             if carried is None:
                 raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
             _warn_task_with_error(method, _path(url), f"HTTP {status}", carried, self._redact)
-            return self._redact_tree(carried)
-        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact))
+            return self._redact_tree(carried, raw)
+        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact), raw)
 
-    def _redact_tree(self, value: dict[str, Any]) -> dict[str, Any]:
-        """`value` with the API key and webhook secrets replaced in every string value the server sent."""
+    def _redact_tree(self, value: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        """`value` with the API key and webhook secrets replaced in every string value the server sent.
+
+        Skipped when the raw body shows no secret and has no backslash: without a JSON escape, every
+        decoded string is a substring of the raw UTF-8, so no secret can be in one (the usual case;
+        walking every answer cost about as much as decoding it).
+        """
         key = self._api_key.reveal() if self._api_key is not None else ""
+        if b"\\" not in raw and not any(s.encode() in raw for s in (key, *self._secrets) if s):
+            return value
         try:
             return cast(dict[str, Any], redact_tree(value, (key, *self._secrets)))
         except RecursionError:

@@ -6,7 +6,6 @@ Uploaded files live 24 hours on the service; a cached URL is reused for `REUSE_S
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -19,7 +18,7 @@ import anyio.to_thread
 from attrs import define, field
 
 from ._download import safe_filename
-from .media import THREAD_THRESHOLD, LoadedMedia
+from .media import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 
 if TYPE_CHECKING:
     from .coordination import SharedUploads
@@ -57,11 +56,12 @@ def _file_name(loaded: LoadedMedia) -> str:
 async def upload_body(loaded: LoadedMedia) -> bytes:
     """The JSON body `{file_name, file_data}` (base64, built off the loop when large)."""
 
-    def build() -> bytes:
-        data = base64.b64encode(loaded.data).decode("ascii")
-        return json.dumps({"file_name": _file_name(loaded), "file_data": data}).encode()
+    def build() -> bytes:  # base64 needs no JSON escaping: written as is, not through json.dumps
+        head = json.dumps({"file_name": _file_name(loaded)})[:-1].encode()
+        with CPU_LOCK:
+            return b"".join((head, b', "file_data": "', loaded.base64_bytes(), b'"}'))
 
-    if len(loaded.data) > THREAD_THRESHOLD:
+    if loaded.size > THREAD_THRESHOLD:
         return await anyio.to_thread.run_sync(build)
     return build()
 

@@ -35,7 +35,7 @@ from ._download import ExtensionPolicy
 from ._http import HTTPTransport
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Transport
-from ._uploads import UploadPolicy, content_digest
+from ._uploads import UploadPolicy
 from .batch import JobLike, Outcome, Prices, Progress
 from .coordination import Coordination, Lease, LocalCoordination
 from .errors import (
@@ -586,7 +586,7 @@ class QubicoClient:
         if media.is_url:
             return media.url
         loaded = await media.load()
-        return await self._media.upload(loaded, await content_digest(loaded.data))
+        return await self._media.upload(loaded, loaded.digest)
 
     async def _post_upload(self, body: bytes) -> dict[str, Any]:
         self._http()

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import posixpath
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar, Union
@@ -45,6 +47,10 @@ logger = logging.getLogger("qubico_async")
 THREAD_THRESHOLD = 256 * 1024
 """Files and payloads above this size are read and encoded in a worker thread."""
 
+CPU_LOCK = threading.Lock()
+"""Held by worker threads while they decode, encode or join large media: one at a time competes
+with the event loop for the GIL (several did, and the loop waited for each of them in turn)."""
+
 SourceKind = Literal["url", "data_uri", "base64", "bytes", "path"]
 M = TypeVar("M", bound="_Media")
 
@@ -54,20 +60,65 @@ _EXT_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp",
 
 @frozen
 class LoadedMedia:
-    """Media content read and checked, ready to inline or upload."""
+    """Media content read and checked, ready to inline or upload.
 
-    data: bytes = field(repr=False)
+    Holds the content once: the caller's bytes, or the caller's base64 text as given (a slice
+    of it, never copied or re-encoded). `digest` is the sha256 of the decoded content.
+    """
+
     info: ImageInfo | VideoInfo
     source: str
     filename: str
+    size: int
+    digest: str
+    _raw: bytes | None = field(default=None, repr=False, alias="raw")
+    _text: str | None = field(default=None, repr=False, alias="text")
+    _span: tuple[int, int] = field(default=(0, 0), repr=False, alias="span")
 
     @property
     def mime(self) -> str:
         return self.info.mime
 
+    @property
+    def data(self) -> bytes:
+        """The decoded content (decoded again when it was given as base64: prefer `base64_bytes`)."""
+        if self._raw is not None:
+            return self._raw
+        assert self._text is not None
+        start, end = self._span
+        return base64.b64decode(self._text[start:end])
+
+    def base64_chunks(self) -> list[bytes]:
+        """The content as base64 (ASCII bytes) in pieces that join into one valid text.
+
+        CPU-bound for large files: call from a thread. Base64 text given by the caller is sent as
+        given. Bytes are encoded in slices, so a worker thread doing this gives the GIL back to the
+        event loop between slices, and nothing joins them: the body is written piece by piece.
+        """
+        if self._text is not None:
+            start, end = self._span
+            whole = self._text.encode("ascii", "replace")  # one byte per char: offsets hold
+            return [whole if (start, end) == (0, len(whole)) else whole[start:end]]
+        assert self._raw is not None
+        view = memoryview(self._raw)
+        return [base64.b64encode(view[i : i + _ENCODE_SLICE]) for i in range(0, len(view), _ENCODE_SLICE)]
+
+    def base64_bytes(self) -> bytes:
+        """The content as base64 in one piece (see `base64_chunks`)."""
+        chunks = self.base64_chunks()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     def data_uri(self) -> str:
         """The content as a `data:` URI (CPU-bound for large files: call from a thread)."""
-        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+        return f"data:{self.mime};base64,{self.base64_bytes().decode('ascii')}"
+
+
+_ENCODE_SLICE = 3 * 64 * 1024
+"""Bytes base64-encoded per call (a multiple of 3, so slices join into one valid text)."""
+_DECODE_SLICE = 4 * 128 * 1024
+"""Base64 characters decoded per call (a multiple of 4)."""
+_PROBE_PREFIX = 64 * 1024
+"""Decoded bytes tried first for the header; the whole content only when the prefix is not enough."""
 
 
 @frozen
@@ -158,6 +209,29 @@ class _Media:
         """Read (in a thread when large), decode and check the content; raises `InvalidInputError`."""
         if self.kind == "url":
             raise InvalidInputError(f"{self.name}: a URL has no local content to load")
+        stem = Path(self.name).stem if self.kind == "path" else self.KIND
+        if self.kind in ("base64", "data_uri"):
+            assert isinstance(self.value, str)
+            text = self.value
+            start, end = _strip_span(text, text.index(",") + 1 if self.kind == "data_uri" else 0)
+            if end - start > (MAX_MEDIA_BYTES * 4) // 3 + 8:
+                raise InvalidInputError(
+                    f"{self.name}: decodes to over {MAX_MEDIA_BYTES // 1_048_576} MB; the limit is "
+                    f"{MAX_MEDIA_BYTES // 1_048_576} MB"
+                )
+            if end - start > THREAD_THRESHOLD:
+                size, digest, info = await anyio.to_thread.run_sync(self._check_base64_locked, text, start, end)
+            else:
+                size, digest, info = self._check_base64(text, start, end)
+            return LoadedMedia(
+                info=info,
+                source=self.name,
+                filename=stem + _EXTENSIONS[info.format],
+                size=size,
+                digest=digest,
+                text=text,
+                span=(start, end),
+            )
         data = await self._read()
         if not data:
             raise InvalidInputError(f"{self.name}: is empty")
@@ -165,26 +239,66 @@ class _Media:
             raise InvalidInputError(f"{self.name}: {_too_big(len(data))}")
         info = self._probe(data)
         self._check_extension(info)
-        stem = Path(self.name).stem if self.kind == "path" else self.KIND
-        return LoadedMedia(data=data, info=info, source=self.name, filename=stem + _EXTENSIONS[info.format])
+        if len(data) > THREAD_THRESHOLD:
+            digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+        return LoadedMedia(
+            info=info,
+            source=self.name,
+            filename=stem + _EXTENSIONS[info.format],
+            size=len(data),
+            digest=digest,
+            raw=data,
+        )
+
+    def _check_base64_locked(self, text: str, start: int, end: int) -> tuple[int, str, ImageInfo | VideoInfo]:
+        with CPU_LOCK:
+            return self._check_base64(text, start, end)
+
+    def _check_base64(self, text: str, start: int, end: int) -> tuple[int, str, ImageInfo | VideoInfo]:
+        """(decoded size, sha256, header info) of `text[start:end]`, decoded a slice at a time.
+
+        Accepts exactly what `base64.b64decode(..., validate=True)` accepts. The decoded slices are
+        hashed and dropped; an image header is read from a decoded prefix (a read past its end fails,
+        so a prefix either gives the whole file's answer or none), and from the whole content only
+        when the prefix does not show it (a JPEG frame header late in the file). Video: whole.
+        """
+        hasher = hashlib.sha256()
+        limit = _PROBE_PREFIX if self.KIND == "image" else MAX_MEDIA_BYTES + 1  # an MP4 `moov` may be last
+        prefix: list[bytes] = []
+        kept = 0
+        size = 0
+        for at in range(start, max(end, start + 1), _DECODE_SLICE):
+            stop = min(end, at + _DECODE_SLICE)
+            chunk = text[at:stop]
+            if stop < end and "=" in chunk:  # padding only at the very end
+                raise InvalidInputError(f"{self.name}: is not valid base64")
+            part = _b64decode(chunk, self.name)
+            hasher.update(part)
+            size += len(part)
+            if kept < limit:
+                prefix.append(part)
+                kept += len(part)
+        if not size:
+            raise InvalidInputError(f"{self.name}: is empty")
+        if size > MAX_MEDIA_BYTES:
+            raise InvalidInputError(f"{self.name}: {_too_big(size)}")
+        head = b"".join(prefix)
+        try:
+            info = self._probe(head)
+        except InvalidInputError:
+            if len(head) == size:
+                raise
+            info = self._probe(base64.b64decode(text[start:end]))  # the whole file, for its exact error
+        return size, hasher.hexdigest(), info
 
     async def _read(self) -> bytes:
         if self.kind == "bytes":
             assert isinstance(self.value, bytes)
             return self.value
-        if self.kind == "path":
-            assert isinstance(self.value, str)
-            return await _read_file(self.value, self.name)
         assert isinstance(self.value, str)
-        payload = self.value.split(",", 1)[1] if self.kind == "data_uri" else self.value
-        if len(payload) > (MAX_MEDIA_BYTES * 4) // 3 + 8:
-            raise InvalidInputError(
-                f"{self.name}: decodes to over {MAX_MEDIA_BYTES // 1_048_576} MB; the limit is "
-                f"{MAX_MEDIA_BYTES // 1_048_576} MB"
-            )
-        if len(payload) > THREAD_THRESHOLD:
-            return await anyio.to_thread.run_sync(_b64decode, payload, self.name)
-        return _b64decode(payload, self.name)
+        return await _read_file(self.value, self.name)
 
     def _probe(self, data: bytes) -> ImageInfo | VideoInfo:
         raise NotImplementedError
@@ -255,9 +369,19 @@ def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
 
 
+def _strip_span(text: str, start: int) -> tuple[int, int]:
+    """`text[start:]` without surrounding whitespace, as (start, end): no copy of a large string."""
+    end = len(text)
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while start < end and text[start].isspace():
+        start += 1
+    return start, end
+
+
 def _b64decode(payload: str, name: str) -> bytes:
     try:
-        return base64.b64decode(payload.strip(), validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInputError(f"{name}: is not valid base64") from None
 

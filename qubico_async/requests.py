@@ -22,8 +22,9 @@ __all__ = [
     "coerce_request",
 ]
 
-MediaResolver = Callable[[_Media], Awaitable[str]]
-"""Turns a media source into the string the service receives (URL or data URI)."""
+MediaResolver = Callable[[_Media], Awaitable[Any]]
+"""Turns a media source into what the service receives: a URL, or inline content (written into
+the body as a data URI by `_payloads.encode_json`)."""
 
 IMAGE_MODEL = "Qubico/image-toolkit"
 VIDEO_MODEL = "Qubico/video-toolkit"
