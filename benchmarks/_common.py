@@ -44,13 +44,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def png_image(size: int, salt: int, width: int = 64, height: int = 64) -> bytes:
     """About `size` bytes of PNG: signature, a real IHDR, a private ancillary chunk of padding that
-    differs with `salt`, then IEND. Headers are valid (the SDK and the emulator read headers only);
-    there are no pixels, so nothing can decode it: never give it to the OpenCV engine."""
+    differs with `salt`, then IEND: a whole black image (the SDK and the emulator check the image
+    data against the header), padded to `size`."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pad_len = max(0, size - len(_PNG_SIGNATURE) - 3 * 12 - len(ihdr))
     stamp = salt.to_bytes(8, "big")
     padding = (stamp * (pad_len // 8 + 1))[:pad_len]
-    return _PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"bnPd", padding) + _chunk(b"IEND", b"")
+    pixels = _chunk(b"IDAT", zlib.compress(bytes(height * (1 + 3 * width))))  # whole: the SDK checks it
+    return _PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + pixels + _chunk(b"bnPd", padding) + _chunk(b"IEND", b"")
 
 
 def cpu_seconds() -> float:

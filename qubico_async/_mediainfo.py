@@ -129,6 +129,22 @@ def check_image_complete(data: bytes, info: ImageInfo) -> None:
         _check_webp_complete(data)
 
 
+def check_image_tail(head: bytes, tail: bytes, size: int, info: ImageInfo) -> None:
+    """What a large file shows from its start and end alone (inline base64 decoded in slices): a
+    JPEG's end-of-image marker, a PNG's IEND chunk, a WebP as long as its RIFF header says.
+    `size` is the whole file's length."""
+    if info.format == "jpeg":
+        if b"\xff\xd9" not in tail:
+            raise InvalidInputError("truncated JPEG (no end-of-image marker after the image data)")
+    elif info.format == "png":
+        if b"IEND\xaeB`\x82" not in tail:
+            raise InvalidInputError("truncated PNG (no IEND chunk)")
+    else:
+        (riff_size,) = struct.unpack_from("<I", head, 4)
+        if riff_size + 8 > size:
+            raise InvalidInputError(f"truncated WebP (the file has {size} bytes, its header says {riff_size + 8})")
+
+
 def _check_jpeg_complete(data: bytes) -> None:
     """Image data (SOS) must follow the header, and an end-of-image marker must follow it."""
     scan = data.find(b"\xff\xda")

@@ -35,6 +35,7 @@ from ._mediainfo import (
     ImageInfo,
     VideoInfo,
     check_image_complete,
+    check_image_tail,
     probe_image,
     probe_video,
 )
@@ -119,6 +120,8 @@ _DECODE_SLICE = 4 * 128 * 1024
 """Base64 characters decoded per call (a multiple of 4)."""
 _PROBE_PREFIX = 64 * 1024
 """Decoded bytes tried first for the header; the whole content only when the prefix is not enough."""
+_TAIL_TEXT = 64 * 1024
+"""Base64 characters decoded from the end of a large inline image to check it is not cut short."""
 
 
 @frozen
@@ -285,12 +288,20 @@ class _Media:
         if size > MAX_MEDIA_BYTES:
             raise InvalidInputError(f"{self.name}: {_too_big(size)}")
         head = b"".join(prefix)
+        whole = len(head) == size
         try:
-            info = self._probe(head)
+            info = self._probe(head, complete=whole)
         except InvalidInputError:
-            if len(head) == size:
+            if whole:
                 raise
             info = self._probe(base64.b64decode(text[start:end]))  # the whole file, for its exact error
+        if not whole and isinstance(info, ImageInfo):
+            # The end of the file, decoded alone: a truncated image shows there (its end marker).
+            span = min(end - start, _TAIL_TEXT) // 4 * 4
+            try:
+                check_image_tail(head, _b64decode(text[end - span : end], self.name), size, info)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{self.name}: {exc}") from None
         return size, hasher.hexdigest(), info
 
     async def _read(self) -> bytes:
@@ -300,7 +311,8 @@ class _Media:
         assert isinstance(self.value, str)
         return await _read_file(self.value, self.name)
 
-    def _probe(self, data: bytes) -> ImageInfo | VideoInfo:
+    def _probe(self, data: bytes, complete: bool = True) -> ImageInfo | VideoInfo:
+        """The header's answer; with `complete`, `data` is the whole file and is checked whole."""
         raise NotImplementedError
 
     def _check_extension(self, info: ImageInfo | VideoInfo) -> None:
@@ -324,7 +336,7 @@ class Image(_Media):
     KIND: ClassVar[str] = "image"
     URL_EXTENSIONS: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png", ".webp")
 
-    def _probe(self, data: bytes) -> ImageInfo:
+    def _probe(self, data: bytes, complete: bool = True) -> ImageInfo:
         try:
             info = probe_image(data)
         except InvalidInputError as exc:
@@ -333,10 +345,11 @@ class Image(_Media):
             raise InvalidInputError(
                 f"{self.name}: is {info.width}x{info.height} pixels; the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
             )
-        try:
-            check_image_complete(data, info)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{self.name}: {exc}") from None
+        if complete:
+            try:
+                check_image_complete(data, info)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{self.name}: {exc}") from None
         return info
 
 
@@ -347,7 +360,7 @@ class Video(_Media):
     KIND: ClassVar[str] = "video"
     URL_EXTENSIONS: ClassVar[tuple[str, ...]] = (".mp4",)
 
-    def _probe(self, data: bytes) -> VideoInfo:
+    def _probe(self, data: bytes, complete: bool = True) -> VideoInfo:
         try:
             info = probe_video(data)
         except InvalidInputError as exc:

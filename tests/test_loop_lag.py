@@ -33,13 +33,17 @@ LATE = 0.2
 """A tick later than this is counted as a stall (one json.dumps of a 22 MB body held the GIL ~90 ms)."""
 
 
+_BLACK_2048 = zlib.compress(bytes(2048 * (1 + 3 * 2048)))
+
+
 def big_png(salt: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
     ihdr = struct.pack(">IIBBBBB", 2048, 2048, 8, 2, 0, 0, 0)
     pad = salt.to_bytes(1, "big") * (IMAGE_BYTES - 57)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"bnPd", pad) + chunk(b"IEND", b"")
+    pixels = chunk(b"IDAT", _BLACK_2048)  # whole: the SDK checks the image data too
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pixels + chunk(b"bnPd", pad) + chunk(b"IEND", b"")
 
 
 @asynccontextmanager

@@ -246,3 +246,19 @@ def test_os_pathlike_accepted(fixtures: Path) -> None:
             return str(fixtures / "astronaut.jpg")
 
     assert Image.coerce(Custom()).name.endswith("astronaut.jpg")
+
+
+async def test_a_large_inline_image_cut_short_is_refused_from_its_end() -> None:
+    """Inline base64 past the decoded prefix: the header comes from the prefix, the end is checked alone."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    whole = _png_whole(64, 48)
+    big = whole[:-12] + chunk(b"bnPd", bytes(range(256)) * 2048) + whole[-12:]  # ~512 KiB, IEND last
+    assert (await Image.from_base64(base64.b64encode(big).decode()).load()).info.width == 64
+    with pytest.raises(InvalidInputError, match="truncated PNG"):
+        await Image.from_base64(base64.b64encode(big[: len(big) // 2]).decode()).load()

@@ -34,7 +34,8 @@ def png(size: int, salt: int = 0, width: int = 32, height: int = 16) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pad = (salt.to_bytes(8, "big") * (size // 8 + 1))[: max(0, size - 57)]
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"bnPd", pad) + chunk(b"IEND", b"")
+    pixels = chunk(b"IDAT", zlib.compress(bytes(height * (1 + 3 * width))))  # whole: the SDK checks it
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pixels + chunk(b"bnPd", pad) + chunk(b"IEND", b"")
 
 
 def old_identity(payload: dict[str, Any], contents: dict[str, bytes]) -> str:
@@ -127,10 +128,11 @@ async def test_header_beyond_the_decoded_prefix_is_still_checked() -> None:
     """A JPEG whose frame header comes after 200 KB of metadata: the prefix is not enough, the whole is."""
     app1 = b"\xff\xe1" + struct.pack(">H", 65535) + b"\x00" * 65533
     sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 3000, 1000) + b"\x00" * 9
-    jpeg = b"\xff\xd8" + app1 * 4 + sof + b"\xff\xd9"
+    scan = b"\xff\xda" + struct.pack(">H", 8) + b"\x01\x01\x00\x00\x3f\x00" + b"\x00" * 16  # image data
+    jpeg = b"\xff\xd8" + app1 * 4 + sof + scan + b"\xff\xd9"
     with pytest.raises(InvalidInputError, match="1000x3000 pixels; the limit is 2048x2048"):
         await Image.from_base64(base64.b64encode(jpeg)).load()
-    ok = b"\xff\xd8" + app1 * 4 + b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 600, 800) + b"\x00" * 9 + b"\xff\xd9"
+    ok = b"\xff\xd8" + app1 * 4 + b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 600, 800) + b"\x00" * 9 + scan + b"\xff\xd9"
     loaded = await Image(kind="data_uri", value=uri(ok, "image/png"), name="x").load()
     assert (loaded.info.format, loaded.info.width, loaded.info.height) == ("jpeg", 800, 600)
     assert loaded.digest == hashlib.sha256(ok).hexdigest()
