@@ -393,7 +393,7 @@ def test_exceptions_are_few_and_explained() -> None:
     """Every skipped block says why; skipping is the exception, not the rule."""
     skipped = [b for b in BLOCKS if b.marker is not None and b.marker[0] == "not-run"]
     assert all(b.marker and len(b.marker[1]) > 10 for b in skipped)
-    assert len(skipped) <= 4, [b.id for b in skipped]
+    assert len(skipped) <= 5, [b.id for b in skipped]
     assert len(RUNNABLE) - len(skipped) >= 10
 
 
@@ -424,6 +424,7 @@ def test_the_guard_refuses_the_real_service(guard_dir: Path, tmp_path: Path) -> 
 EXAMPLE_COVERAGE = {
     "quickstart.py": "test_quickstart_example_*, below",
     "fastapi_app.py": "tests/test_integrations_fastapi.py imports it and drives it over uvicorn",
+    "cluster_demo.py": "test_cluster_demo_example_small, below (make cluster-demo runs it at full size)",
 }
 
 
@@ -443,6 +444,16 @@ def test_quickstart_example_against_the_readme_emulator(emulator: RunningEmulato
 
 def saved_results(folder: Path) -> set[Path]:
     return set(folder.glob("*.jpg")) - {folder / n for n in ("target.jpg", "face.jpg", "group.jpg", "faces.jpg")}
+
+
+def test_cluster_demo_example_small(tmp_path: Path) -> None:
+    """The cluster demo end to end at a small size: Redis, the emulator and two uvicorn workers."""
+    argv = [sys.executable, "-X", "dev", str(EXAMPLES / "cluster_demo.py"), "--requests", "8", "--workers", "2"]
+    done = subprocess.run(
+        [*argv, "--skip-uncoordinated"], cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cluster-demo: 8 requests, 2 workers" in done.stdout and "429s 0, fallback polls 0" in done.stdout
 
 
 def test_quickstart_example_offline(guard_dir: Path, tmp_path: Path) -> None:
