@@ -8,6 +8,7 @@ async with QubicoClient() as client:
 import logging as _logging
 
 from ._config import Timeouts
+from ._download import ExtensionPolicy
 from ._http import HTTPRequest, HTTPResponse, HTTPTransport, MockTransport
 from ._version import __version__
 from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
@@ -68,6 +69,7 @@ __all__ = [
     "BudgetExceededError",
     "ClientClosedError",
     "DownloadError",
+    "ExtensionPolicy",
     "FaceSwap",
     "HTTPRequest",
     "HTTPResponse",

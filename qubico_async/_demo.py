@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 from attrs import frozen
 
+from ._config import DEFAULT_BASE_URL
 from .client import QubicoClient
 from .models import Task
 from .polling import PollPolicy
@@ -61,8 +62,11 @@ def _photo(name: str) -> bytes:
 async def _service(say: Callable[[str], None]) -> Any:
     """A client for the real service when a key is set, else for a local emulator."""
     if os.environ.get("QUBICO_API_KEY") or os.environ.get("PIAPI_API_KEY"):
-        say("API key found: running against the real service (4 tasks, about $0.045).")
         async with QubicoClient() as client:
+            if client.base_url == DEFAULT_BASE_URL:
+                say("API key found: running against the real service (4 tasks, about $0.045).")
+            else:
+                say(f"API key found: running against {client.base_url} (QUBICO_BASE_URL).")
             yield client
         return
     from .testing import Emulator
