@@ -4,6 +4,7 @@ usage in points; the credit refusal; account info fields."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,15 @@ def test_wire_switch_on_the_constructor_and_the_command_line() -> None:
     assert build_parser().parse_args([]).wire == "realistic"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--wire", "fancy"])
+
+
+async def test_an_instant_task_ended_when_it_was_due_not_when_it_was_polled(http: aiohttp.ClientSession) -> None:
+    """`ended_at` is the task's own end (what a client learns durations from), not the GET's time."""
+    async with Emulator(api_key=KEY, processor=identity, processing_seconds=5, wire="plain") as emu:
+        status, created = await create(http, emu)
+        assert status == 200
+        emu.advance(60)  # polled long after it was done
+        meta = (await get(http, emu, created["data"]["task_id"]))["data"]["meta"]
+    created_at = dt.datetime.fromisoformat(meta["created_at"].replace("Z", "+00:00"))
+    ended_at = dt.datetime.fromisoformat(meta["ended_at"].replace("Z", "+00:00"))
+    assert 4 <= (ended_at - created_at).total_seconds() <= 6

@@ -154,8 +154,8 @@ class TaskRunner:
             except RuntimeError:  # looked at from outside the event loop: start on the next look
                 return
             self._jobs[task.task_id] = loop.create_task(self._run(task, self._processor))
-        else:
-            self._complete(task, identity(resolved))
+        else:  # instant: it ended when it was due, not when a GET happened to look
+            self._complete(task, identity(resolved), ended_at=task.due_at)
 
     async def drain(self) -> None:
         """Wait until every running processor job has finished."""
@@ -278,7 +278,7 @@ class TaskRunner:
             raise _InputFailure(failed, f"GET {url}: larger than {MAX_BYTES} bytes (10 MiB)")
         return data
 
-    def _complete(self, task: StoredTask, data: bytes) -> None:
+    def _complete(self, task: StoredTask, data: bytes, *, ended_at: float | None = None) -> None:
         if task.is_video:
             ext, content_type = "mp4", "video/mp4"
         else:
@@ -286,7 +286,7 @@ class TaskRunner:
         name = f"{task.task_id}.{ext}"
         self._files.put(f"/results/{name}", data, content_type)
         task.result, task.result_name = data, name
-        task.ended_at = max(task.due_at, self._clock.now())
+        task.ended_at = ended_at if ended_at is not None else max(task.due_at, self._clock.now())
         self._store.transition(task, "completed")
 
     def _fail(self, task: StoredTask, message: str, *, ended_at: float | None = None, raw: str | None = None) -> None:
