@@ -81,7 +81,12 @@ async def serve(processing_seconds: float, tiny: bool, release_media: bool, dura
         stored = view.get(task_id)
         took = stored.pending_seconds + stored.processing_seconds if stored is not None else processing_seconds
         data["detail"] = {"created_unix": at, "due_unix": at + took}
-        if release_media and data["status"] in ("completed", "failed") and stored is not None and stored.media:
+        if (
+            release_media
+            and str(data["status"]).lower() in ("completed", "failed")
+            and stored is not None
+            and stored.media
+        ):
             stored.media.clear()
             stored.input.clear()
         return data

@@ -101,10 +101,10 @@ async def run_raw(n: int, base_url: str, api_key: str, gen_cpu: list[float], fir
                         resp.raise_for_status()
                         data = (await resp.json())["data"]
                     counts["gets"] += 1
-                    if data["status"] in TERMINAL:
+                    if str(data["status"]).lower() in TERMINAL:
                         noticed = time.time()
                         break
-                if data["status"] == "completed":
+                if str(data["status"]).lower() == "completed":
                     counts["ok"] += 1
                     delays.append(noticed - data["detail"]["due_unix"])
             finally:

@@ -84,9 +84,9 @@ async def run_raw(n: int, conc: int, size: int, url: str, key: str, gen: list[fl
                         resp.raise_for_status()
                         data = (await resp.json())["data"]
                     counts["gets"] += 1
-                    if data["status"] in TERMINAL:
+                    if str(data["status"]).lower() in TERMINAL:  # the realistic wire says "Completed" too
                         break
-                if data["status"] == "completed":
+                if str(data["status"]).lower() == "completed":
                     counts["ok"] += 1
                     _record(data["detail"], time.time(), delays, durations)
             finally:
