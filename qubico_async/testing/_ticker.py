@@ -79,6 +79,10 @@ class Ticker:
                 continue  # the processor's job ends it; no deadline to wait for
             due = task.started_at if task.status == "pending" else task.due_at
             next_due = due if next_due is None else min(next_due, due)
+        if self._watched:  # a watched task waiting for a slot starts when a holder ends
+            holder_due = self._runner.next_deadline()
+            if holder_due is not None:
+                next_due = holder_due if next_due is None else min(next_due, holder_due)
         return next_due
 
     async def _loop(self) -> None:
