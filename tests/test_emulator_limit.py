@@ -4,6 +4,7 @@ reports the limit. Driven with a raw aiohttp client over loopback and the emulat
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from qubico_async.testing import Emulator, identity
+from qubico_async.testing import Emulator, SwapJob, identity
 from qubico_async.testing._cli import build_parser, serve_forever
 from tests._helpers import HANG_GUARD, serve, wait_until
 from tests.test_emulator import KEY, Api, face_swap_body
@@ -219,3 +220,36 @@ async def test_serve_forever_enforces_the_limit() -> None:
             api = Api(http, emu)
             assert [status for status, _, _ in await create_n(api, 2)] == [200, 429]
         tg.cancel_scope.cancel()
+
+
+async def test_queue_waits_for_a_threaded_processor_to_finish() -> None:
+    """With a processor in worker threads a slot frees when the job ends, not when the task is due."""
+    gate = threading.Event()
+
+    def slow(job: SwapJob) -> bytes:
+        gate.wait(HANG_GUARD)
+        return job.target
+
+    emu = Emulator(
+        api_key=KEY,
+        processor=slow,
+        wire="plain",
+        processing_seconds=2.0,
+        max_concurrent_task_count=1,
+        over_limit="queue",
+    )
+    try:
+        async with emu, aiohttp.ClientSession() as http:
+            api = Api(http, emu)
+            ids = [await api.new_task() for _ in range(2)]
+            emu.advance(5.0)  # the first is due and its job runs; the second still waits
+            assert await statuses(api, ids) == ["processing", "pending"]
+            assert await statuses(api, ids) == ["processing", "pending"]
+            gate.set()
+            await wait_until(lambda: emu.tasks[ids[0]].status == "completed")
+            assert (await api.task(ids[1]))["status"] == "processing"  # started when the job ended
+            emu.advance(2.0)
+            await wait_until(lambda: emu.tasks[ids[1]].status == "completed")
+            assert emu.stats.max_processing == 1
+    finally:
+        gate.set()

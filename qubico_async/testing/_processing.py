@@ -5,6 +5,11 @@ on the emulator clock), then due. The first time a due task is looked at, its in
 the processor runs once: inline for the default identity processor, otherwise in a worker thread
 (bounded by a CapacityLimiter) while the task stays `processing` and requests keep being answered.
 
+Slots (the account's concurrency limit): a task holds one from create until it is completed or
+failed (`in_flight`, `stats.processing`). In queue mode a task created with every slot held waits
+(`pending`, no start time) and gets the next freed slot in creation order, starting at the clock
+reading that slot freed; `settle()` works this out lazily, in deadline order, when anyone looks.
+
 URL inputs are fetched like the service fetches them, but only from loopback (`127.0.0.0/8`, `::1`,
 `localhost`, any port, http or https): files this emulator serves are read from its store, other
 loopback URLs are fetched with aiohttp (at most 10 MiB, 10 s). Any other host fails the task with

@@ -4,6 +4,8 @@ Statuses advance lazily, when a request looks at a task. A task with a webhook m
 delivered) without anyone asking, so the emulator watches such tasks: a background loop refreshes
 them as their deadlines pass, sleeping in real time until the next deadline on the emulator clock.
 `wake()` (called by `Emulator.advance()` and when a task is watched) makes it look again at once.
+A watched task waiting for a slot has no deadline of its own: the ticker also wakes at the next
+deadline of a slot holder, and when a task ends while others wait.
 """
 
 from __future__ import annotations
