@@ -159,6 +159,20 @@ async def test_queued_task_with_a_webhook_is_delivered_without_polling(hook_url:
         assert emu.stats.gets == gets
 
 
+async def test_ticker_wakes_at_the_holders_deadline_for_a_waiting_webhook_task(hook_url: tuple[Hook, str]) -> None:
+    """No advance, no polling: the waiting task has no deadline of its own, so the ticker must wake
+    at the (unwatched) holder's deadline, 20 ms of real time, to start it and deliver its end."""
+    hook, url = hook_url
+    async with limited(1, "queue", processing_seconds=0.02) as emu, aiohttp.ClientSession() as http:
+        api = Api(http, emu)
+        await api.new_task()
+        await api.create(face_swap_body(config={"webhook_config": {"endpoint": url}}))
+        gets = emu.stats.gets
+        with anyio.fail_after(HANG_GUARD):
+            await wait_until(lambda: hook.statuses == ["pending", "completed"])
+        assert emu.stats.gets == gets
+
+
 # -- not enforced (the default) --------------------------------------------------------------------
 
 
