@@ -7,8 +7,8 @@ tasks; first with the coordination off, then with Redis (`QUBICO_REDIS_URL`). On
 Exits non-zero if a request of the coordinated run failed or it ever had more than 16 tasks at once.
 Everything runs on 127.0.0.1; redis-server must be on PATH (`make redis-server` installs it).
 
-The account limit is enforced by `LimitedEmulator` below, a stand-in until the bundled emulator
-has its own limit knob.
+The account limit is the bundled emulator's own (`over_limit="reject"`); its `stats` give the most
+tasks in flight at once (`max_processing`) and the creates refused (`rejected_over_limit`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from qubico_async.testing import Emulator, identity
 
@@ -41,35 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "cluster-demo-key"
 LIMIT = 16
 TASK_SECONDS = 2.0
-
-
-class LimitedEmulator(Emulator):
-    """The emulator with the account's concurrency limit enforced: a create over `limit` tasks in
-    flight is answered 429 (`Retry-After: 1`) and makes no task. Counts the most tasks in flight."""
-
-    def __init__(self, *, limit: int, **kwargs: Any) -> None:
-        super().__init__(max_concurrent_task_count=limit, **kwargs)
-        self.limit = limit
-        self.max_in_flight = 0
-        self.rejected = 0
-        self._creating = 0
-
-    def in_flight(self) -> int:
-        now = self.now()
-        return sum(1 for t in self.tasks.values() if now < t.created_at + t.pending_seconds + t.processing_seconds)
-
-    async def _create(self, request: web.Request) -> web.StreamResponse:
-        if self.in_flight() + self._creating >= self.limit:
-            self.rejected += 1
-            response = self._http.error(429, "too many tasks in flight for this account")
-            response.headers["Retry-After"] = "1"
-            return response
-        self._creating += 1
-        try:
-            return await super()._create(request)
-        finally:
-            self._creating -= 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight())
 
 
 def free_port() -> int:
@@ -188,8 +157,13 @@ async def one_run(requests: int, workers: int, redis: Redis | None, chaos: str |
     redis_url = redis.url if redis is not None else None
     target = resources.files("qubico_async._demo_data").joinpath("astronaut.jpg").read_bytes()
     face = resources.files("qubico_async._demo_data").joinpath("grace_hopper.jpg").read_bytes()
-    async with LimitedEmulator(
-        limit=LIMIT, api_key=API_KEY, processing_seconds=TASK_SECONDS, processor=identity, seed=1
+    async with Emulator(
+        api_key=API_KEY,
+        max_concurrent_task_count=LIMIT,
+        over_limit="reject",
+        processing_seconds=TASK_SECONDS,
+        processor=identity,
+        seed=1,
     ) as emu:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -252,7 +226,9 @@ async def one_run(requests: int, workers: int, redis: Redis | None, chaos: str |
                 chaos_task.cancel()
             latencies.sort()
             p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)]
-            return Result(requests, failed, wall, p95, emu.max_in_flight, emu.rejected, emu.stats.gets, lost)
+            stats = emu.stats
+            max_in_flight, rejected = stats.max_processing, stats.rejected_over_limit
+            return Result(requests, failed, wall, p95, max_in_flight, rejected, stats.gets, lost)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

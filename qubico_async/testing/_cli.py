@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ._emulator import Emulator
+from ._emulator import Emulator, OverLimit
 from ._engine import engine_status
 from ._processing import identity
 from ._state import WireName
@@ -23,26 +23,85 @@ __all__ = ["build_parser", "main", "run_cli", "serve_forever"]
 DEFAULT_PORT = 8787
 
 
+EPILOG = """\
+point the SDK and its CLI at it (in another shell):
+  export QUBICO_BASE_URL=http://127.0.0.1:8787 QUBICO_UPLOAD_URL=http://127.0.0.1:8788 QUBICO_API_KEY=emu-key
+  (with --port/--upload-port/--api-key changed, use those values)
+
+--engine auto swaps faces with OpenCV only when the faces extra is installed:
+  pip install "qubico_async[faces]"
+without it, results are the target image unchanged (as with --engine identity).
+
+The limit of --max-concurrent-tasks is only reported in /account/info unless --over-limit is
+given: reject answers a create beyond it HTTP 429 (Retry-After: 1, no task made); queue keeps the
+task pending until a slot frees.
+
+Press Ctrl-C to stop it.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog as written, and `(default: ...)` after every option with a meaningful default.
+    Local (not `qubico_async.cli`'s) so the emulator imports nothing of the SDK's client side."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text  # `is`, not `in (None, False)`: 0 and 0.0 == False, yet are defaults to show
+        if action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve a local fake of PiAPI's face-swap API.")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a local fake of PiAPI's face-swap API on 127.0.0.1 until Ctrl-C.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="interface to listen on")
     parser.add_argument(
-        "--upload-port", type=int, default=None, help="port of the upload API (default: --port + 1, or 0)"
+        "--port", type=int, default=DEFAULT_PORT, metavar="PORT", help="port of the task API; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--upload-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="port of the upload API (default: --port + 1, or a free one with --port 0)",
     )
     parser.add_argument(
         "--engine",
         choices=("auto", "identity"),
         default="auto",
-        help="auto: OpenCV face swap when installed, else identity; identity: result = target",
+        help="auto: OpenCV face swap when the faces extra is installed, else identity; identity: result = target",
     )
-    parser.add_argument("--api-key", default="emu-key", help="the key clients must send")
-    parser.add_argument("--pending-seconds", type=float, default=0.5, help="time a task stays pending")
-    parser.add_argument("--processing-seconds", type=float, default=2.0, help="time a task stays processing")
-    parser.add_argument("--failure-rate", type=float, default=0.0, help="probability a task ends failed")
-    parser.add_argument("--seed", type=int, default=0, help="seed for failures and faults")
+    parser.add_argument("--api-key", default="emu-key", metavar="KEY", help="the x-api-key clients must send")
     parser.add_argument(
-        "--max-concurrent-tasks", type=int, default=10, help="max_concurrent_task_count in /account/info"
+        "--pending-seconds", type=float, default=0.5, metavar="SECONDS", help="time a task stays pending"
+    )
+    parser.add_argument(
+        "--processing-seconds", type=float, default=2.0, metavar="SECONDS", help="time a task stays processing"
+    )
+    parser.add_argument(
+        "--failure-rate", type=float, default=0.0, metavar="P", help="probability (0 to 1) that a task ends failed"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed for failures, faults and wire shapes")
+    parser.add_argument(
+        "--max-concurrent-tasks",
+        type=int,
+        default=10,
+        metavar="N",
+        help="the account's concurrency limit (max_concurrent_task_count in /account/info)",
+    )
+    parser.add_argument(
+        "--over-limit",
+        choices=("queue", "reject"),
+        default=None,
+        help="enforce --max-concurrent-tasks: reject = HTTP 429, queue = pending until a slot frees "
+        "(default: not enforced)",
     )
     parser.add_argument(
         "--wire",
@@ -51,7 +110,11 @@ def build_parser(prog: str = "python -m qubico_async emulator") -> argparse.Argu
         help="realistic: each task in one of the shapes real responses show; plain: one clean shape",
     )
     parser.add_argument(
-        "--balance-usd", type=float, default=1000.0, help="account credit; creates it cannot cover are refused"
+        "--balance-usd",
+        type=float,
+        default=1000.0,
+        metavar="USD",
+        help="account credit; creates it cannot cover are refused",
     )
     return parser
 
@@ -70,6 +133,7 @@ async def serve_forever(
     max_concurrent_task_count: int = 10,
     wire: WireName = "realistic",
     balance_usd: float = 1000.0,
+    over_limit: OverLimit | None = None,
     ready: Callable[[Emulator], None] | None = None,
 ) -> None:
     """Run an emulator until cancelled. `ready` (default: print the URLs, key and engine) is called
@@ -89,6 +153,7 @@ async def serve_forever(
         max_concurrent_task_count=max_concurrent_task_count,
         wire=wire,
         balance_usd=balance_usd,
+        over_limit=over_limit,
     ) as emu:
         (ready or _announce)(emu)
         await anyio.sleep_forever()
@@ -113,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.failure_rate <= 1.0:
         print("error: --failure-rate must be between 0 and 1", file=sys.stderr)
         return 2
+    if args.over_limit is not None and args.max_concurrent_tasks < 1:
+        print("error: --max-concurrent-tasks must be at least 1 with --over-limit", file=sys.stderr)
+        return 2
     try:
         asyncio.run(
             serve_forever(
@@ -128,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_concurrent_task_count=args.max_concurrent_tasks,
                 wire=args.wire,
                 balance_usd=args.balance_usd,
+                over_limit=args.over_limit,
             )
         )
     except KeyboardInterrupt:

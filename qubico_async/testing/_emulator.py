@@ -19,7 +19,7 @@ import random
 import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 from aiohttp import web
@@ -48,11 +48,13 @@ from ._uploads import UPLOAD_PATH, sniff, store_upload, upload_answer, validate_
 from ._validation import ValidationError, validate_create
 from ._webhooks import WebhookDelivery, WebhookDispatcher
 
-__all__ = ["Emulator", "TaskTransform"]
+__all__ = ["Emulator", "OverLimit", "TaskTransform"]
 
 logger = logging.getLogger("qubico_async.testing")
 
 TaskTransform = Callable[[dict[str, Any]], dict[str, Any]]
+OverLimit = Literal["queue", "reject"]
+"""What a create beyond `max_concurrent_task_count` tasks in flight gets (None: not enforced)."""
 
 _MAX_BODY: Final = 64 * 1024 * 1024
 """Largest request body accepted: two 10 MiB files in base64 fit with room to spare."""
@@ -77,6 +79,13 @@ class Emulator:
     WARNING at start). `processor=identity` (or None) always takes that fast path; a callable is
     run in worker threads, at most `max_workers` at a time. The upload API listens on its own port
     (`upload_port`, 0 = any free one): `upload_url`.
+
+    The account's concurrency limit (`max_concurrent_task_count`, reported in /account/info) is
+    enforced only when `over_limit` is set. A task holds a slot from create until it is completed
+    or failed. `"reject"`: a create with every slot held is answered HTTP 429 (`Retry-After: 1`,
+    envelope code 429) and stores no task. `"queue"`: the task is stored `pending` and starts, in
+    creation order, when a slot frees (at the clock reading it freed). `stats.processing` and
+    `stats.max_processing` count the tasks holding a slot, in every mode.
     """
 
     def __init__(
@@ -99,7 +108,12 @@ class Emulator:
         max_image_toolkit_concurrency: int | None = None,
         balance_usd: float = 1000.0,
         wire: WireName = "realistic",
+        over_limit: OverLimit | None = None,
     ) -> None:
+        if over_limit not in (None, "queue", "reject"):
+            raise ValueError(f'over_limit must be None, "queue" or "reject", got {over_limit!r}')
+        if over_limit is not None and max_concurrent_task_count < 1:
+            raise ValueError(f"max_concurrent_task_count must be at least 1, got {max_concurrent_task_count!r}")
         if pending_seconds < 0 or processing_seconds < 0:
             raise ValueError("pending_seconds and processing_seconds must not be negative")
         if not 0.0 <= failure_rate <= 1.0:
@@ -121,6 +135,7 @@ class Emulator:
         self.task_transform = task_transform
         """Applied to every task dict just before it is sent by create and get."""
         self.max_concurrent_task_count = max_concurrent_task_count
+        self._over_limit: OverLimit | None = over_limit
         self.max_image_toolkit_concurrency = max_image_toolkit_concurrency
         """Sent in /account/info when set; with the realistic wire it defaults to max_concurrent_task_count."""
         self.balance_usd = balance_usd
@@ -147,6 +162,8 @@ class Emulator:
             processor=resolved,
             max_workers=max_workers,
             is_own_url=self._own_path,
+            stats=self._stats,
+            queue_slots=max_concurrent_task_count if over_limit == "queue" else None,
         )
         self._ticker = Ticker(runner=self._tasks, clock=self._clock)
         self._webhooks = WebhookDispatcher(
@@ -241,6 +258,11 @@ class Emulator:
         return self._upload_port
 
     @property
+    def over_limit(self) -> OverLimit | None:
+        """How the concurrency limit is enforced: "queue", "reject", or None (not enforced)."""
+        return self._over_limit
+
+    @property
     def engine(self) -> EngineName:
         """What makes results: "opencv" (the face-swap engine), "identity" (the target unchanged)
         or "custom" (a processor passed in)."""
@@ -317,6 +339,13 @@ class Emulator:
             req = await validate_create(body)
         except ValidationError as exc:
             return self._http.error(400, exc.message)
+        self._tasks.settle()  # no await from here to the store: the slot count stays true
+        if self._over_limit == "reject" and self._tasks.in_flight >= self.max_concurrent_task_count:
+            self._stats.rejected_over_limit += 1
+            limit = self.max_concurrent_task_count
+            response = self._http.error(429, f"reached the account's concurrent task limit ({limit} tasks in flight)")
+            response.headers["Retry-After"] = "1"
+            return response
         task_id = new_task_id()
         task = StoredTask(
             task_id=task_id,
@@ -341,7 +370,9 @@ class Emulator:
             task.forced_failure = self._forced_failures.popleft()
         elif roll < self.failure_rate:
             task.forced_failure = self.failure_message
+        task.waiting = not task.refused and not self._tasks.has_free_slot()
         self._store.add(task)
+        self._tasks.track(task)
         if task.refused:  # the service's credit refusal: HTTP 200, envelope code 500, the failed task
             response = self._task_response(task, code=500, message=PRE_PROCESS_FAILED)
         else:
@@ -419,6 +450,8 @@ class Emulator:
         """Called on every status change of a task (its creation included): a task whose
         `config.webhook_config.endpoint` is set is watched by the ticker, and delivered
         `{"timestamp": <unix s>, "data": <the task as GET returns it>}` when created and when it ends."""
+        if task.is_terminal and self._tasks.queued:
+            self._ticker.wake()  # a slot may have freed for a waiting task with a webhook
         hook = task.config.get("webhook_config") or {}
         endpoint = hook.get("endpoint") or ""
         created = task.status == "pending"

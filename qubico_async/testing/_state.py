@@ -6,6 +6,7 @@ forward with `advance()` instead of sleeping.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -179,7 +180,12 @@ class Stats:
     Webhooks: `webhook_attempts` counts every POST made (retries included); `webhooks_sent` counts
     deliveries acknowledged with a 2xx (each copy of a duplicated one); `webhooks_failed` deliveries
     given up on after the retries; `webhooks_dropped` deliveries never sent (`Faults.webhooks.drop`);
-    `webhooks_refused` deliveries skipped because the endpoint is not on loopback."""
+    `webhooks_refused` deliveries skipped because the endpoint is not on loopback.
+
+    Concurrency: `processing` counts the tasks holding one of the account's slots now (from create
+    until completed/failed; tasks waiting in the over-limit queue excepted), `max_processing` the
+    most ever at once, `queued` the tasks waiting for a slot (`over_limit="queue"`), and
+    `rejected_over_limit` the creates answered 429 (`over_limit="reject"`, no task stored)."""
 
     creates: int = 0
     create_requests: int = 0
@@ -193,6 +199,10 @@ class Stats:
     webhooks_failed: int = 0
     webhooks_dropped: int = 0
     webhooks_refused: int = 0
+    processing: int = 0
+    max_processing: int = 0
+    queued: int = 0
+    rejected_over_limit: int = 0
     requests_by_status: dict[int, int] = field(factory=dict)
     tasks_by_status: dict[str, int] = field(factory=dict)
 
@@ -231,10 +241,18 @@ class StoredTask:
     """Refused at create for credit: failed at once, never started, nothing consumed."""
     held_points: int = 0
     """Points frozen for this task while it runs (its price when created)."""
+    waiting: bool = False
+    """Waiting for a free slot (`over_limit="queue"`): pending with no start time yet."""
+    slot_at: float | None = None
+    """Clock reading at which a task that waited got its slot (None: it had one from create)."""
 
     @property
     def started_at(self) -> float:
-        return self.created_at + self.pending_seconds
+        """When it starts processing: `pending_seconds` after create, and not before it has a slot."""
+        if self.waiting:
+            return math.inf
+        start = self.created_at + self.pending_seconds
+        return start if self.slot_at is None else max(start, self.slot_at)
 
     @property
     def due_at(self) -> float:

@@ -4,6 +4,8 @@ Statuses advance lazily, when a request looks at a task. A task with a webhook m
 delivered) without anyone asking, so the emulator watches such tasks: a background loop refreshes
 them as their deadlines pass, sleeping in real time until the next deadline on the emulator clock.
 `wake()` (called by `Emulator.advance()` and when a task is watched) makes it look again at once.
+A watched task waiting for a slot has no deadline of its own: the ticker also wakes at the next
+deadline of a slot holder, and when a task ends while others wait.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class Ticker:
                 continue  # the processor's job ends it; no deadline to wait for
             due = task.started_at if task.status == "pending" else task.due_at
             next_due = due if next_due is None else min(next_due, due)
+        if self._watched:  # a watched task waiting for a slot starts when a holder ends
+            holder_due = self._runner.next_deadline()
+            if holder_due is not None:
+                next_due = holder_due if next_due is None else min(next_due, holder_due)
         return next_due
 
     async def _loop(self) -> None:
