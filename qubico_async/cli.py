@@ -54,7 +54,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "(default" in text or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+        default = action.default
+        if (
+            "(default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or action.nargs == 0
+        ):
             return text
         return super()._get_help_string(action)
 

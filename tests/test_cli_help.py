@@ -215,3 +215,17 @@ async def test_swap_extension_fix_names_the_file_after_its_bytes(
     assert "the result is PNG but the name says .jpg" in err
     assert "completed, its result is at http://127.0.0.1:" in err  # paid for: the user can still fetch it
     assert not (tmp_path / "other.jpg").exists()
+
+
+def test_a_default_of_zero_is_shown() -> None:
+    """`0 == False`: a numeric default of 0 must not be mistaken for an unset flag."""
+    import argparse
+
+    from qubico_async.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--fast", action="store_true", help="go fast")
+    text = parser.format_help()
+    assert "random seed (default: 0)" in " ".join(text.split())
+    assert "go fast (default" not in " ".join(text.split())
