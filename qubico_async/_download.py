@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import secrets
 import urllib.parse
 from pathlib import Path
@@ -17,6 +16,7 @@ import aiohttp
 import anyio
 
 from ._config import Timeouts, is_http_url
+from ._naming import safe_filename
 from .errors import (
     APIError,
     DownloadError,
@@ -70,19 +70,12 @@ def _normal_ext(ext: str) -> str:
     return _SAME_EXT.get(ext, ext)
 
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _EXPIRED = "the result at {url} is gone ({status}): results are kept about 3 days after the task finished"
 
 
 def _check_url(url: str) -> None:
     if not is_http_url(url):
         raise InvalidInputError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
-
-
-def safe_filename(name: str, fallback: str = "result") -> str:
-    """A file name that cannot leave its folder: path separators and odd characters replaced."""
-    cleaned = _SAFE_NAME.sub("_", name).strip("._") or fallback
-    return cleaned[:150]
 
 
 async def _stream(

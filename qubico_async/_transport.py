@@ -6,7 +6,6 @@ request is a read (retry freely) or the paid create (retry only when provably no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -47,7 +46,7 @@ from .retry import (
     retry_after_of,
 )
 
-__all__ = ["Secret", "Timeouts", "Transport", "fingerprint"]
+__all__ = ["Secret", "Transport"]
 
 logger = logging.getLogger("qubico_async")
 
@@ -88,17 +87,6 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
-
-
-def fingerprint(payload: Mapping[str, Any]) -> str:
-    """A stable hash of a create payload, without the webhook secret."""
-    cleaned = dict(payload)
-    config = cleaned.get("config")
-    if isinstance(config, Mapping) and isinstance(config.get("webhook_config"), Mapping):
-        hook = {k: v for k, v in config["webhook_config"].items() if k != "secret"}
-        cleaned["config"] = {**config, "webhook_config": hook}
-    canonical = json.dumps(cleaned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 _TAGS = re.compile(r"<[^>]+>")

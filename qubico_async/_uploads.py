@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 from attrs import define, field
 
-from ._download import safe_filename
+from ._naming import safe_filename
 from .media import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 
 if TYPE_CHECKING:

@@ -33,6 +33,7 @@ from ._config import (
 from ._convert import structure_account, structure_task
 from ._download import ExtensionPolicy
 from ._http import HTTPTransport
+from ._naming import safe_filename
 from ._payloads import MediaSender, coerce_media, encode_json
 from ._transport import Secret, Transport
 from ._uploads import UploadPolicy
@@ -554,7 +555,7 @@ class QubicoClient:
         `DownloadError`. Results expire about 3 days after the task finished.
         """
         if isinstance(task, Outcome):
-            name: str | None = _download.safe_filename(task.key, fallback=f"job-{task.index}")
+            name: str | None = safe_filename(task.key, fallback=f"job-{task.index}")
             task = _outcome_task(task)
         else:
             name = task.task_id if isinstance(task, Task) else None

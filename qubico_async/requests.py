@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +22,7 @@ __all__ = [
     "RequestLike",
     "VideoFaceSwap",
     "coerce_request",
+    "fingerprint",
 ]
 
 MediaResolver = Callable[[_Media], Awaitable[Any]]
@@ -216,6 +219,17 @@ class Prepared:
     payload: dict[str, Any] = field(repr=False)
     identity: str
     frames: int | None = None
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """A stable hash of a create payload, without the webhook secret."""
+    cleaned = dict(payload)
+    config = cleaned.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("webhook_config"), Mapping):
+        hook = {k: v for k, v in config["webhook_config"].items() if k != "secret"}
+        cleaned["config"] = {**config, "webhook_config": hook}
+    canonical = json.dumps(cleaned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def coerce_request(value: RequestLike | object) -> Request:
