@@ -149,7 +149,7 @@ async def test_targets_with_the_same_name_get_their_own_results(emu_r: Emulator,
 
 
 async def test_the_resume_hint_runs_as_printed_against_the_same_service(emu_r: Emulator, tmp_path: Path) -> None:
-    emu_r.processing_seconds = 0.2
+    emu_r.processing_seconds = 3600  # emulator clock: nothing finishes before the Ctrl-C, however loaded
     face = _face(tmp_path / "my face dir")
     targets = _targets(tmp_path / "in put", 24)
     out = tmp_path / "out $HOME 'x'"
@@ -164,7 +164,7 @@ async def test_the_resume_hint_runs_as_printed_against_the_same_service(emu_r: E
     proc = await anyio.open_process([sys.executable, "-m", "qubico_async", *args], env=env)
     async with proc:
         with anyio.fail_after(30):
-            while emu_r.stats.creates < 4:
+            while emu_r.stats.creates < 3:  # every slot taken
                 await anyio.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         with anyio.fail_after(30):
@@ -181,6 +181,8 @@ async def test_the_resume_hint_runs_as_printed_against_the_same_service(emu_r: E
     assert argv[0] == sys.executable and "--resume" in argv
     for option in ("--base-url", "--upload", "--resubmit-uncertain", "--journal", "--concurrency"):
         assert option in argv, (option, hint)
+    emu_r.processing_seconds = 0
+    emu_r.advance(3600)  # the three created before the Ctrl-C are done now
     code, output = await _run(argv, env)
     assert code == 0, output
     per_input = Counter(t.input["target_image"] for t in emu_r.tasks.values())

@@ -114,16 +114,16 @@ async def test_batch_with_csv_manifest_and_budget(emu_c: Emulator, tmp_path: Pat
 
 
 async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(emu_c: Emulator, tmp_path: Path) -> None:
-    emu_c.processing_seconds = 0.2
+    emu_c.processing_seconds = 3600  # emulator clock: nothing finishes before the Ctrl-C, however loaded
     face = tmp_path / "face.png"
     face.write_bytes(FACE)
-    targets = _targets(tmp_path / "in", 12)  # 4 in flight, 5 created at the Ctrl-C: mid-batch
+    targets = _targets(tmp_path / "in", 12)  # 4 in flight, 8 not sent at the Ctrl-C: mid-batch
     out = tmp_path / "out"
     args = ["batch", "--swap", str(face), "--targets", str(targets), "--out", str(out), "--concurrency", "4"]
     proc = await anyio.open_process([sys.executable, "-m", "qubico_async", *args], env=_env(emu_c))
     async with proc:
         with anyio.fail_after(HANG_GUARD):
-            while emu_c.stats.creates < 5:
+            while emu_c.stats.creates < 4:
                 await anyio.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         with anyio.fail_after(HANG_GUARD):
@@ -132,6 +132,8 @@ async def test_ctrl_c_stops_cleanly_and_says_how_to_resume(emu_c: Emulator, tmp_
         err = (await proc.stderr.receive()).decode() if proc.returncode is not None else ""
     assert proc.returncode == 130
     assert "Resume with" in err and "--resume" in err
+    emu_c.processing_seconds = 0
+    emu_c.advance(3600)  # the four created before the Ctrl-C are done now
     code, output = await _cli(emu_c, *args, "--resume")
     assert code == 0, output
     per_input = Counter(t.input["target_image"] for t in emu_c.tasks.values())
@@ -172,7 +174,10 @@ async def test_emulator_command_serves(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = await anyio.open_process(
-        [sys.executable, "-m", "qubico_async", "emulator", "--port", str(port), "--api-key", "k9"],
+        [  # a free upload port too (not --port + 1, which may be taken); identity: no OpenCV start-up
+            *[sys.executable, "-m", "qubico_async", "emulator", "--port", str(port), "--upload-port", "0"],
+            *["--api-key", "k9", "--engine", "identity"],
+        ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     async with proc:
