@@ -28,7 +28,7 @@ import math
 import os
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -59,46 +59,58 @@ def _record(detail: dict[str, Any], noticed: float, delays: array[float], durati
     durations.append(detail["due_unix"] - detail["created_unix"])
 
 
+async def _bounded(
+    conc: int, pairs: Iterable[tuple[bytes, bytes]], one: Callable[[bytes, bytes], Awaitable[None]]
+) -> None:
+    """Run `one(target, swap)` for every pair, at most `conc` at a time, inputs made lazily."""
+    slots = asyncio.Semaphore(conc)
+    running: set[asyncio.Task[None]] = set()
+
+    async def guarded(box: list[tuple[bytes, bytes]]) -> None:
+        try:
+            await one(*box.pop())  # only `one` holds the images, so it can drop them early
+        finally:
+            slots.release()
+
+    for pair in pairs:
+        await slots.acquire()
+        task = asyncio.create_task(guarded([pair]))
+        del pair
+        running.add(task)
+        task.add_done_callback(running.discard)
+    await asyncio.gather(*running)
+
+
 async def run_raw(n: int, conc: int, size: int, url: str, key: str, gen: list[float], args: Any) -> dict[str, Any]:
     """The baseline: POST the JSON, then GET every `interval` (the first after `first` s)."""
     delays: array[float] = array("d")
     durations: array[float] = array("d")
     counts = {"ok": 0, "gets": 0}
-    slots = asyncio.Semaphore(conc)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc), headers={"x-api-key": key}) as session:
 
         async def one(target: bytes, swap: bytes) -> None:
-            try:
-                inputs = {"target_image": _data_uri(target), "swap_image": _data_uri(swap)}
-                body = json.dumps({"model": MODEL, "task_type": TASK_TYPE, "input": inputs}).encode()
-                headers = {"content-type": "application/json"}
-                async with session.post(f"{url}/api/v1/task", data=body, headers=headers) as resp:
+            inputs = {"target_image": _data_uri(target), "swap_image": _data_uri(swap)}
+            body = json.dumps({"model": MODEL, "task_type": TASK_TYPE, "input": inputs}).encode()
+            headers = {"content-type": "application/json"}
+            async with session.post(f"{url}/api/v1/task", data=body, headers=headers) as resp:
+                resp.raise_for_status()
+                task_id = (await resp.json())["data"]["task_id"]
+            del target, swap, inputs, body
+            wait = args.first
+            while True:
+                await asyncio.sleep(wait)
+                wait = args.interval
+                async with session.get(f"{url}/api/v1/task/{task_id}") as resp:
                     resp.raise_for_status()
-                    task_id = (await resp.json())["data"]["task_id"]
-                del target, swap, inputs, body
-                wait = args.first
-                while True:
-                    await asyncio.sleep(wait)
-                    wait = args.interval
-                    async with session.get(f"{url}/api/v1/task/{task_id}") as resp:
-                        resp.raise_for_status()
-                        data = (await resp.json())["data"]
-                    counts["gets"] += 1
-                    if str(data["status"]).lower() in TERMINAL:  # the realistic wire says "Completed" too
-                        break
-                if str(data["status"]).lower() == "completed":
-                    counts["ok"] += 1
-                    _record(data["detail"], time.time(), delays, durations)
-            finally:
-                slots.release()
+                    data = (await resp.json())["data"]
+                counts["gets"] += 1
+                if str(data["status"]).lower() in TERMINAL:  # the realistic wire says "Completed" too
+                    break
+            if str(data["status"]).lower() == "completed":
+                counts["ok"] += 1
+                _record(data["detail"], time.time(), delays, durations)
 
-        running: set[asyncio.Task[None]] = set()
-        for target, swap in images(n, size, gen):
-            await slots.acquire()
-            task = asyncio.create_task(one(target, swap))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        await asyncio.gather(*running)
+        await _bounded(conc, images(n, size, gen), one)
     return {**counts, "delays": delays, "durations": durations}
 
 
@@ -141,27 +153,17 @@ async def run_face_swap(
     durations: array[float] = array("d")
     ok = 0
     poll = PollPolicy(initial=args.interval, factor=1.0, max_interval=args.interval, jitter=0.0)
-    slots = asyncio.Semaphore(conc)
     async with QubicoClient(key, base_url=url, max_connections=conc, poll=poll) as client:
 
         async def one(target: bytes, swap: bytes) -> None:
             nonlocal ok
-            try:
-                task = await client.face_swap(target, swap, upload="never")
-                if task.status.is_terminal and task.detail:
-                    ok += 1
-                    _record(task.detail, time.time(), delays, durations)
-            finally:
-                slots.release()
+            task = await client.face_swap(target, swap, upload="never")
+            if task.status.is_terminal and task.detail:
+                ok += 1
+                _record(task.detail, time.time(), delays, durations)
 
-        running: set[asyncio.Task[None]] = set()
-        for target, swap in images(n, size, gen):
-            await slots.acquire()
-            t = asyncio.create_task(one(target, swap))
-            running.add(t)
-            t.add_done_callback(running.discard)
-        await asyncio.gather(*running)
-        gets = client._transport.requests_sent["read"]
+        await _bounded(conc, images(n, size, gen), one)
+        gets = client.requests_sent["read"]
     return {"ok": ok, "gets": gets, "delays": delays, "durations": durations}
 
 
@@ -184,28 +186,18 @@ async def run_webhook(n: int, conc: int, size: int, url: str, key: str, gen: lis
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         hook = WebhookConfig(f"http://127.0.0.1:{runner.addresses[0][1]}/qubico/webhook", secret)
-        slots = asyncio.Semaphore(conc)
         async with QubicoClient(key, base_url=url, max_connections=conc, webhooks=hub) as client:
 
             async def one(target: bytes, swap: bytes) -> None:
                 nonlocal ok
-                try:
-                    task = await client.submit(FaceSwap(target, swap), webhook=hook, upload="never")
-                    task = await client.wait(task, via="webhook")
-                    if task.status.is_terminal and task.detail:
-                        ok += 1
-                        _record(task.detail, time.time(), delays, durations)
-                finally:
-                    slots.release()
+                task = await client.submit(FaceSwap(target, swap), webhook=hook, upload="never")
+                task = await client.wait(task, via="webhook")
+                if task.status.is_terminal and task.detail:
+                    ok += 1
+                    _record(task.detail, time.time(), delays, durations)
 
-            running: set[asyncio.Task[None]] = set()
-            for target, swap in images(n, size, gen):
-                await slots.acquire()
-                t = asyncio.create_task(one(target, swap))
-                running.add(t)
-                t.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            gets = client._transport.requests_sent["read"]
+            await _bounded(conc, images(n, size, gen), one)
+            gets = client.requests_sent["read"]
     finally:
         await runner.cleanup()
     return {"ok": ok, "gets": gets, "delays": delays, "durations": durations}
