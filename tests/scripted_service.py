@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ._helpers import serve
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 CREDIT_RAW = "failed to freeze account point quota: account point quota not enough; account credit not enough"
 Answer = tuple[int, Any]
@@ -143,16 +145,9 @@ class ScriptedService:
         app.router.add_get("/api/v1/task/{task_id}", self._get)
         app.router.add_get("/account/info", self._account)
         app.router.add_get("/results/{name}", self._result)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
-        try:
+        async with serve(app) as base:
+            self.base_url = base
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def _answer(answer: Answer) -> web.StreamResponse:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from qubico_async import QubicoClient, QubicoError, RetryPolicy, Task, TaskOutput, TaskStatus
 from qubico_async.errors import DownloadError, OutputExistsError
+from tests._helpers import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -24,19 +25,13 @@ PAYLOAD = b"\x89PNG\r\n\x1a\n" + b"result" * 1000
 
 @pytest.fixture
 async def host() -> AsyncIterator[str]:
-    async def serve(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.Response:
         return web.Response(body=PAYLOAD, content_type="image/png")
 
     app = web.Application()
-    app.router.add_get("/r/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/r"
-    finally:
-        await runner.cleanup()
+    app.router.add_get("/r/{name}", answer)
+    async with serve(app) as base:
+        yield f"{base}/r"
 
 
 @pytest.fixture

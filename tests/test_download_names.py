@@ -17,6 +17,7 @@ from qubico_async import FaceSwap, Job, QubicoClient, RetryPolicy, Task, TaskOut
 from qubico_async._download import sniff_extension
 from qubico_async.batch import Outcome
 from qubico_async.errors import DownloadError, InvalidInputError
+from tests._helpers import serve
 
 from .test_batch import FACE, png
 
@@ -32,20 +33,14 @@ BODIES = {"jpeg": JPEG, "png": PNG, "webp": WEBP, "mp4": MP4, "unknown": UNKNOWN
 
 @pytest.fixture
 async def host() -> AsyncIterator[str]:
-    async def serve(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.Response:
         body = BODIES[request.match_info["kind"]]
         return web.Response(body=body, content_type=request.query.get("type", "application/octet-stream"))
 
     app = web.Application()
-    app.router.add_get("/r/{kind}/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/r"
-    finally:
-        await runner.cleanup()
+    app.router.add_get("/r/{kind}/{name}", answer)
+    async with serve(app) as base:
+        yield f"{base}/r"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from aiohttp import web
 from qubico_async import Task, TaskStatus
 from qubico_async.integrations.aiohttp import webhook_route
 from qubico_async.webhooks import WebhookHub
+from tests._helpers import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -41,14 +42,8 @@ async def endpoint() -> AsyncIterator[tuple[WebhookHub, str]]:
     hub = WebhookHub(SECRET)
     app = web.Application()
     app.add_routes([webhook_route(hub, PATH)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield hub, f"http://127.0.0.1:{runner.addresses[0][1]}{PATH}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield hub, f"{base}{PATH}"
 
 
 async def test_a_second_terminal_delivery_does_not_replace_the_first(endpoint: tuple[WebhookHub, str]) -> None:

@@ -26,6 +26,7 @@ from qubico_async import (
 )
 from qubico_async.journal import Journal, JournalError
 
+from ._helpers import serve
 from .scripted_service import ScriptedService, envelope, real_task
 
 pytestmark = pytest.mark.anyio
@@ -173,15 +174,8 @@ async def drip_server() -> AsyncIterator[tuple[str, anyio.Event]]:
     started = anyio.Event()
     app = web.Application()
     app.add_routes(drip_create(started, 30))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", started
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield base, started
 
 
 async def test_a_dripping_create_is_cut_by_the_total_timeout(drip_server: tuple[str, anyio.Event]) -> None:

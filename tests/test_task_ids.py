@@ -14,6 +14,7 @@ from aiohttp import web
 
 from qubico_async import InvalidInputError, PollPolicy, QubicoClient, RetryPolicy, Task, TaskStatus
 from qubico_async.webhooks import WebhookHub
+from tests._helpers import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -54,14 +55,8 @@ async def scripted() -> AsyncIterator[tuple[Scripted, str]]:
     server = Scripted()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.any)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield server, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield server, base
 
 
 @pytest.fixture
