@@ -15,10 +15,11 @@ import anyio
 import anyio.to_thread
 from attrs import frozen
 
+from ._media_content import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 from ._mediainfo import VideoInfo
 from ._uploads import AUTO_UPLOAD_BYTES, UploadCache, UploadPolicy, upload_body
 from .errors import InsufficientPlanError, InvalidInputError, MalformedResponseError, PermissionDeniedError
-from .media import CPU_LOCK, THREAD_THRESHOLD, Image, LoadedMedia, Video, _Media
+from .media import Image, Video, _Media
 from .requests import Prepared, coerce_request, fingerprint
 
 __all__ = ["InlineMedia", "MediaSender", "coerce_media", "encode_json"]

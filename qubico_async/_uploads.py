@@ -17,8 +17,8 @@ import anyio
 import anyio.to_thread
 from attrs import define, field
 
+from ._media_content import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 from ._naming import safe_filename
-from .media import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 
 if TYPE_CHECKING:
     from .coordination import SharedUploads

@@ -7,18 +7,17 @@ is a local path, and `bytes` are the content. Raw base64 is never guessed from a
 
 Nothing is read when an `Image` is created. The content is read, checked (format from the
 header, pixel size, byte size, frame count) and encoded when the request is built, in a worker
-thread when it is large, so the event loop never stalls.
+thread when it is large, so the event loop never stalls. The loaded content (`LoadedMedia`) and
+the reading and decoding helpers are in `_media_content`.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import logging
 import os
 import posixpath
-import threading
 import urllib.parse
 from pathlib import Path
 from typing import ClassVar, Literal, TypeVar, Union
@@ -28,6 +27,7 @@ import anyio.to_thread
 from attrs import field, frozen
 
 from ._config import is_http_url
+from ._media_content import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia, b64decode, read_file, strip_span, too_big
 from ._mediainfo import (
     MAX_IMAGE_SIDE,
     MAX_MEDIA_BYTES,
@@ -45,13 +45,6 @@ __all__ = ["Image", "ImageInput", "LoadedMedia", "Video", "VideoInput"]
 
 logger = logging.getLogger("qubico_async")
 
-THREAD_THRESHOLD = 256 * 1024
-"""Files and payloads above this size are read and encoded in a worker thread."""
-
-CPU_LOCK = threading.Lock()
-"""Held by worker threads while they decode, encode or join large media: one at a time competes
-with the event loop for the GIL (several did, and the loop waited for each of them in turn)."""
-
 SourceKind = Literal["url", "data_uri", "base64", "bytes", "path"]
 M = TypeVar("M", bound="_Media")
 
@@ -59,63 +52,6 @@ _EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "mp4": ".mp4"}
 _EXT_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".mp4": "mp4"}
 
 
-@frozen
-class LoadedMedia:
-    """Media content read and checked, ready to inline or upload.
-
-    Holds the content once: the caller's bytes, or the caller's base64 text as given (a slice
-    of it, never copied or re-encoded). `digest` is the sha256 of the decoded content.
-    """
-
-    info: ImageInfo | VideoInfo
-    source: str
-    filename: str
-    size: int
-    digest: str
-    _raw: bytes | None = field(default=None, repr=False, alias="raw")
-    _text: str | None = field(default=None, repr=False, alias="text")
-    _span: tuple[int, int] = field(default=(0, 0), repr=False, alias="span")
-
-    @property
-    def mime(self) -> str:
-        return self.info.mime
-
-    @property
-    def data(self) -> bytes:
-        """The decoded content (decoded again when it was given as base64: prefer `base64_bytes`)."""
-        if self._raw is not None:
-            return self._raw
-        assert self._text is not None
-        start, end = self._span
-        return base64.b64decode(self._text[start:end])
-
-    def base64_chunks(self) -> list[bytes]:
-        """The content as base64 (ASCII bytes) in pieces that join into one valid text.
-
-        CPU-bound for large files: call from a thread. Base64 text given by the caller is sent as
-        given. Bytes are encoded in slices, so a worker thread doing this gives the GIL back to the
-        event loop between slices, and nothing joins them: the body is written piece by piece.
-        """
-        if self._text is not None:
-            start, end = self._span
-            whole = self._text.encode("ascii", "replace")  # one byte per char: offsets hold
-            return [whole if (start, end) == (0, len(whole)) else whole[start:end]]
-        assert self._raw is not None
-        view = memoryview(self._raw)
-        return [base64.b64encode(view[i : i + _ENCODE_SLICE]) for i in range(0, len(view), _ENCODE_SLICE)]
-
-    def base64_bytes(self) -> bytes:
-        """The content as base64 in one piece (see `base64_chunks`)."""
-        chunks = self.base64_chunks()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def data_uri(self) -> str:
-        """The content as a `data:` URI (CPU-bound for large files: call from a thread)."""
-        return f"data:{self.mime};base64,{self.base64_bytes().decode('ascii')}"
-
-
-_ENCODE_SLICE = 3 * 64 * 1024
-"""Bytes base64-encoded per call (a multiple of 3, so slices join into one valid text)."""
 _DECODE_SLICE = 4 * 128 * 1024
 """Base64 characters decoded per call (a multiple of 4)."""
 _PROBE_PREFIX = 64 * 1024
@@ -216,7 +152,7 @@ class _Media:
         if self.kind in ("base64", "data_uri"):
             assert isinstance(self.value, str)
             text = self.value
-            start, end = _strip_span(text, text.index(",") + 1 if self.kind == "data_uri" else 0)
+            start, end = strip_span(text, text.index(",") + 1 if self.kind == "data_uri" else 0)
             if end - start > (MAX_MEDIA_BYTES * 4) // 3 + 8:
                 raise InvalidInputError(
                     f"{self.name}: decodes to over {MAX_MEDIA_BYTES // 1_048_576} MB; the limit is "
@@ -239,7 +175,7 @@ class _Media:
         if not data:
             raise InvalidInputError(f"{self.name}: is empty")
         if len(data) > MAX_MEDIA_BYTES:
-            raise InvalidInputError(f"{self.name}: {_too_big(len(data))}")
+            raise InvalidInputError(f"{self.name}: {too_big(len(data))}")
         info = self._probe(data)
         self._check_extension(info)
         if len(data) > THREAD_THRESHOLD:
@@ -277,7 +213,7 @@ class _Media:
             chunk = text[at:stop]
             if stop < end and "=" in chunk:  # padding only at the very end
                 raise InvalidInputError(f"{self.name}: is not valid base64")
-            part = _b64decode(chunk, self.name)
+            part = b64decode(chunk, self.name)
             hasher.update(part)
             size += len(part)
             if kept < limit:
@@ -286,7 +222,7 @@ class _Media:
         if not size:
             raise InvalidInputError(f"{self.name}: is empty")
         if size > MAX_MEDIA_BYTES:
-            raise InvalidInputError(f"{self.name}: {_too_big(size)}")
+            raise InvalidInputError(f"{self.name}: {too_big(size)}")
         head = b"".join(prefix)
         whole = len(head) == size
         try:
@@ -299,7 +235,7 @@ class _Media:
             # The end of the file, decoded alone: a truncated image shows there (its end marker).
             span = min(end - start, _TAIL_TEXT) // 4 * 4
             try:
-                check_image_tail(head, _b64decode(text[end - span : end], self.name), size, info)
+                check_image_tail(head, b64decode(text[end - span : end], self.name), size, info)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"{self.name}: {exc}") from None
         return size, hasher.hexdigest(), info
@@ -309,7 +245,7 @@ class _Media:
             assert isinstance(self.value, bytes)
             return self.value
         assert isinstance(self.value, str)
-        return await _read_file(self.value, self.name)
+        return await read_file(self.value, self.name)
 
     def _probe(self, data: bytes, complete: bool = True) -> ImageInfo | VideoInfo:
         """The header's answer; with `complete`, `data` is the whole file and is checked whole."""
@@ -374,54 +310,5 @@ ImageInput = Union[Image, str, bytes, "os.PathLike[str]"]
 VideoInput = Union[Video, str, bytes, "os.PathLike[str]"]
 
 
-def _too_big(size: int) -> str:
-    return f"is {size / 1_048_576:.1f} MB; the limit is {MAX_MEDIA_BYTES // 1_048_576} MB"
-
-
 def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
-
-
-def _strip_span(text: str, start: int) -> tuple[int, int]:
-    """`text[start:]` without surrounding whitespace, as (start, end): no copy of a large string."""
-    end = len(text)
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    while start < end and text[start].isspace():
-        start += 1
-    return start, end
-
-
-def _b64decode(payload: str, name: str) -> bytes:
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInputError(f"{name}: is not valid base64") from None
-
-
-async def _read_file(path: str, name: str) -> bytes:
-    def read() -> bytes:
-        p = Path(path)
-        try:
-            size = p.stat().st_size
-            if not p.is_file():
-                raise InvalidInputError(f"{name}: is not a file")
-            if size > MAX_MEDIA_BYTES:
-                raise InvalidInputError(f"{name}: {_too_big(size)}")
-            return p.read_bytes()
-        except FileNotFoundError:
-            raise InvalidInputError(f"{name}: no such file") from None
-        except PermissionError:
-            raise InvalidInputError(f"{name}: permission denied") from None
-        except IsADirectoryError:
-            raise InvalidInputError(f"{name}: is a directory, not a file") from None
-        except OSError as exc:
-            raise InvalidInputError(f"{name}: cannot be read ({exc.strerror or exc})") from None
-
-    try:
-        size = os.stat(path).st_size
-    except OSError:
-        size = THREAD_THRESHOLD + 1  # let the worker report the precise error
-    if size <= THREAD_THRESHOLD:
-        return read()
-    return await anyio.to_thread.run_sync(read)

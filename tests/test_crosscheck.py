@@ -1,6 +1,6 @@
 """Cross-check: the SDK's pre-check (`qubico_async.media` / `_mediainfo`) and the emulator's verdict
-(its own reader in `qubico_async.testing._imagecheck`, with OpenCV decoding when installed) must agree
-on every file of an edge-case corpus. Every disagreement is a bug in one of them.
+(its own readers in `qubico_async.testing._imagecheck` / `_videocheck`, with OpenCV decoding when
+installed) must agree on every file of an edge-case corpus. Every disagreement is a bug in one of them.
 
 The expected verdict of each file (tests/media_corpus.py) follows the service's documented rules
 (piapi-api.md §2-§4: JPEG/PNG/WebP, at most 2048x2048, at most 10 MB) and "a file that does not
@@ -18,7 +18,7 @@ import pytest
 
 from qubico_async import InvalidInputError
 from qubico_async.media import Image
-from qubico_async.testing import Emulator, _imagecheck, identity
+from qubico_async.testing import Emulator, _imagecheck, _mediacheck, _videocheck, identity
 
 from .media_corpus import CORPUS, build, jpeg_cmyk
 
@@ -129,8 +129,8 @@ def test_the_emulator_reader_only_ever_raises_media_rejected(corpus: dict[str, b
             variants.append(bytes(flipped))
         for variant in variants:
             tried += 1
-            with contextlib.suppress(_imagecheck.MediaRejected):
+            with contextlib.suppress(_mediacheck.MediaRejected):
                 _imagecheck.judge_image(variant)
-            with contextlib.suppress(_imagecheck.MediaRejected):
-                _imagecheck.read_video(variant)
+            with contextlib.suppress(_mediacheck.MediaRejected):
+                _videocheck.read_video(variant)
     assert tried > 1000

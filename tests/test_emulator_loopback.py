@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from qubico_async.testing import Emulator, identity
-from qubico_async.testing._processing import is_loopback_host
+from qubico_async.testing._inputs import is_loopback_host
 
 pytestmark = pytest.mark.anyio
 

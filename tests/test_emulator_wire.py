@@ -116,7 +116,7 @@ async def test_each_task_keeps_its_shape_and_the_seed_fixes_it(http: aiohttp.Cli
         assert first["code"] == created["code"]  # the same envelope code for every answer about it
         shape = emu.tasks[task_id].shape
     # the shape is a function of (seed, task_id) only
-    from qubico_async.testing._state import shape_for
+    from qubico_async.testing._wireshape import shape_for
 
     assert shape_for(9, task_id, "realistic") == shape
     shapes = {shape_for(9, f"id-{i}", "realistic") for i in range(50)}

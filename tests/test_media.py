@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
-from qubico_async import FaceSwap, Image, InvalidInputError, QubicoClient, Video, VideoFaceSwap
+from qubico_async import FaceSwap, Image, InvalidInputError, QubicoClient, Video, VideoFaceSwap, _media_content
 from qubico_async import media as media_module
 from qubico_async._mediainfo import MAX_IMAGE_SIDE, MAX_MEDIA_BYTES
 from qubico_async.testing import Emulator
@@ -227,7 +227,7 @@ async def test_large_files_are_read_in_a_worker_thread(
         return await real(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
-    monkeypatch.setattr(media_module, "THREAD_THRESHOLD", 1000)
+    monkeypatch.setattr(_media_content, "THREAD_THRESHOLD", 1000)
     async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url) as client:
         await client.submit(FaceSwap(fixtures / "astronaut.jpg", fixtures / "grace_hopper.jpg"), upload="never")
     assert "read" in calls  # the file read left the event loop

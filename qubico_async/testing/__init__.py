@@ -19,23 +19,16 @@ extra is installed (`emu.engine == "opencv"`), else the target unchanged (`"iden
 pytest users: `pytest_plugins = ["qubico_async.testing.pytest_plugin"]` gives an `emulator` fixture.
 """
 
-from ._emulator import Emulator, TaskTransform
+from ._emulator import Emulator
 from ._engine import EngineName, ProcessorChoice
 from ._faults import Faults, Route, ScriptedResponse, UploadUrlStyle, WebhookFaults
-from ._processing import Processor, SwapJob, identity
-from ._state import (
-    DEFAULT_FAILURE_MESSAGE,
-    FAILURE_CODE,
-    POINTS_PER_USD,
-    PRICES,
-    ZERO_TIME,
-    Price,
-    Stats,
-    StoredTask,
-    WireName,
-    WireShape,
-)
+from ._job import Processor, SwapJob, identity
+from ._pricing import POINTS_PER_USD, PRICES, Price
+from ._routes import TaskTransform
+from ._state import Stats, StoredTask
 from ._webhooks import WebhookDelivery
+from ._wire import DEFAULT_FAILURE_MESSAGE, FAILURE_CODE
+from ._wireshape import ZERO_TIME, WireName, WireShape
 
 __all__ = [
     "DEFAULT_FAILURE_MESSAGE",

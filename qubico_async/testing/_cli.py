@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import anyio
 
-from ._emulator import Emulator, OverLimit
+from ._emulator import Emulator
 from ._engine import engine_status
-from ._processing import identity
-from ._state import WireName
+from ._job import identity
+from ._routes import OverLimit
+from ._wireshape import WireName
 
 __all__ = ["build_parser", "main", "run_cli", "serve_forever"]
 

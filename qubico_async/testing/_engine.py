@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from . import _faceswap
-from ._processing import Processor, SwapJob, identity
+from ._job import Processor, SwapJob, identity
 
 __all__ = [
     "EngineName",

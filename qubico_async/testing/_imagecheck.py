@@ -1,15 +1,11 @@
-"""The emulator's own judge of media inputs, as the service judges them: is this a usable image/video?
+"""The emulator's own judge of image inputs, as the service judges them: is this a usable image?
 
-Written apart from the SDK's pre-check (`qubico_async._mediainfo`) on purpose, so the two can be
-cross-checked: a file they disagree on is a bug in one of them. The rules are the documented limits
-(piapi-api.md §2-§4: JPEG, PNG or WebP images at most 2048x2048 pixels, MP4 videos at most 600
-frames, at most 10 MB each) plus "the file must decode": the whole file is walked, not only its
-header, so truncated files, broken chunk checksums and PNG pixel data that does not fit the size the
-IHDR claims are refused. When OpenCV is importable (the `faces` extra) images are also decoded with
-it, as the service's own pipeline does; without it the structural walk decides alone.
-
-Hostile input raises `MediaRejected`, never anything else: every read is bounds-checked and every
-loop is bounded by the input's length.
+JPEG, PNG or WebP, at most 2048x2048 pixels and 10 MB, and the file must decode: the whole file is
+walked, not only its header, so truncated files, broken chunk checksums and PNG pixel data that does
+not fit the size the IHDR claims are refused. When OpenCV is importable (the `faces` extra) images
+are also decoded with it, as the service's own pipeline does; without it the structural walk decides
+alone. Independent of the SDK's pre-check, and hostile input raises only `MediaRejected`
+(see `_mediacheck`).
 """
 
 from __future__ import annotations
@@ -21,36 +17,11 @@ from typing import Any, Final, Literal
 
 from attrs import frozen
 
-__all__ = [
-    "MAX_BYTES",
-    "MAX_FRAMES",
-    "MAX_SIDE",
-    "ImageFacts",
-    "MediaRejected",
-    "VideoFacts",
-    "guess_type",
-    "judge_image",
-    "judge_video",
-    "read_image",
-    "read_video",
-]
+from ._mediacheck import MAX_BYTES, MAX_SIDE, MediaRejected, need
 
-MAX_SIDE: Final = 2048
-"""Largest width or height the service takes, inclusive (piapi-api.md §2.1 "under 2048x2048")."""
-MAX_BYTES: Final = 10 * 1024 * 1024
-"""Largest input file, inclusive (piapi-api.md §3.1 / §4.2 "max 10 MB")."""
-MAX_FRAMES: Final = 600
-"""Most frames in a target video (piapi-api.md §4.2)."""
+__all__ = ["ImageFacts", "judge_image", "read_image"]
 
 Kind = Literal["jpeg", "png", "webp"]
-
-
-class MediaRejected(Exception):
-    """The input is not acceptable; `message` says why (short, no file name)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @frozen
@@ -58,20 +29,6 @@ class ImageFacts:
     kind: Kind
     width: int
     height: int
-
-
-@frozen
-class VideoFacts:
-    frames: int | None
-    """Sample count of the first video track; None when the file has no `moov` (streamed MP4)."""
-
-
-def _need(data: bytes, end: int, what: str) -> None:
-    if end > len(data):
-        raise MediaRejected(f"truncated {what}")
-
-
-# -- images ----------------------------------------------------------------------------------------
 
 
 def read_image(data: bytes) -> ImageFacts:
@@ -117,11 +74,11 @@ def _read_jpeg(data: bytes) -> ImageFacts:
             return size
         if marker in (0x00, 0xD8):
             raise MediaRejected(f"corrupt JPEG (marker 0x{marker:02X} at byte {pos - 1})")
-        _need(data, pos + 2, "JPEG (segment header)")
+        need(data, pos + 2, "JPEG (segment header)")
         (length,) = struct.unpack_from(">H", data, pos)
         if length < 2:
             raise MediaRejected("corrupt JPEG (segment length below 2)")
-        _need(data, pos + length, "JPEG (segment)")
+        need(data, pos + length, "JPEG (segment)")
         if marker in _FRAME_MARKERS:
             if length < 8:
                 raise MediaRejected("corrupt JPEG (frame header too short)")
@@ -159,10 +116,10 @@ class _Png:
 def _png_chunks(data: bytes) -> _Png:
     pos, header, idat = 8, None, []
     while True:
-        _need(data, pos + 8, "PNG (chunk header)")
+        need(data, pos + 8, "PNG (chunk header)")
         length, ctype = struct.unpack_from(">I4s", data, pos)
         body = pos + 8
-        _need(data, body + length + 4, "PNG (chunk)")
+        need(data, body + length + 4, "PNG (chunk)")
         (crc,) = struct.unpack_from(">I", data, body + length)
         if zlib.crc32(data[pos + 4 : body + length]) != crc:
             raise MediaRejected(f"corrupt PNG (bad checksum on chunk {ctype!r})")
@@ -230,7 +187,7 @@ def _read_webp(data: bytes) -> ImageFacts:
         raise MediaRejected("truncated WebP (the file is shorter than its RIFF header says)")
     pos, facts, has_frame, animated = 12, None, False, False
     while pos < end:
-        _need(data, pos + 8, "WebP (chunk header)")
+        need(data, pos + 8, "WebP (chunk header)")
         ctype, length = struct.unpack_from("<4sI", data, pos)
         body = pos + 8
         if body + length > end:
@@ -309,98 +266,3 @@ def judge_image(data: bytes) -> ImageFacts:
         _check_png_pixels(data)
     _decode_with_opencv(data, facts)
     return facts
-
-
-# -- video -----------------------------------------------------------------------------------------
-
-
-def _box_list(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
-    """(type, payload start, end) of each box in data[start:end]; every box must fit its parent."""
-    boxes, pos = [], start
-    while pos < end:
-        if pos + 8 > end:
-            raise MediaRejected("truncated MP4 (a box header runs past its parent)")
-        size, btype = struct.unpack_from(">I4s", data, pos)
-        head = 8
-        if size == 1:
-            if pos + 16 > end:
-                raise MediaRejected("truncated MP4 (a box header runs past its parent)")
-            (size,) = struct.unpack_from(">Q", data, pos + 8)
-            head = 16
-        elif size == 0:  # runs to the end of its parent
-            size = end - pos
-        if size < head or pos + size > end:
-            raise MediaRejected(f"truncated MP4 (box {btype!r} runs past its parent)")
-        boxes.append((btype, pos + head, pos + size))
-        pos += size
-    return boxes
-
-
-def _first(data: bytes, span: tuple[int, int], btype: bytes) -> tuple[int, int] | None:
-    return next(((s, e) for t, s, e in _box_list(data, *span) if t == btype), None)
-
-
-def read_video(data: bytes) -> VideoFacts:
-    """The frame count of an MP4's first video track (None when it has no `moov`)."""
-    if len(data) == 0:
-        raise MediaRejected("the file is empty")
-    if len(data) < 8 or data[4:8] != b"ftyp":
-        raise MediaRejected("not an MP4 video")
-    moov = _first(data, (0, len(data)), b"moov")
-    if moov is None:
-        return VideoFacts(None)
-    streamed = _first(data, moov, b"mvex") is not None
-    for btype, start, end in _box_list(data, *moov):
-        if btype != b"trak":
-            continue
-        mdia = _first(data, (start, end), b"mdia")
-        hdlr = _first(data, mdia, b"hdlr") if mdia else None
-        if mdia is None or hdlr is None or data[hdlr[0] + 8 : hdlr[0] + 12] != b"vide":
-            continue
-        if streamed:
-            return VideoFacts(None)
-        minf = _first(data, mdia, b"minf")
-        stbl = _first(data, minf, b"stbl") if minf else None
-        return VideoFacts(_samples(data, stbl) if stbl else None)
-    raise MediaRejected("the MP4 has no video track")
-
-
-def _samples(data: bytes, stbl: tuple[int, int]) -> int | None:
-    for name in (b"stsz", b"stz2"):
-        box = _first(data, stbl, name)
-        if box is not None:
-            if box[1] - box[0] < 12:
-                raise MediaRejected(f"truncated MP4 ({name.decode()} box too small)")
-            return int.from_bytes(data[box[0] + 8 : box[0] + 12], "big")
-    stts = _first(data, stbl, b"stts")
-    if stts is None:
-        return None
-    if stts[1] - stts[0] < 8:
-        raise MediaRejected("truncated MP4 (stts box too small)")
-    entries = int.from_bytes(data[stts[0] + 4 : stts[0] + 8], "big")
-    if stts[0] + 8 + 8 * entries > stts[1]:
-        raise MediaRejected("truncated MP4 (stts entries run past the box)")
-    return sum(int.from_bytes(data[p : p + 4], "big") for p in range(stts[0] + 8, stts[0] + 8 + 8 * entries, 8))
-
-
-def judge_video(data: bytes) -> VideoFacts:
-    """Accept or refuse a target video as the service would; `MediaRejected` says why."""
-    if len(data) > MAX_BYTES:
-        raise MediaRejected(f"{len(data)} bytes; max {MAX_BYTES} (10 MiB)")
-    facts = read_video(data)
-    if facts.frames is not None and facts.frames > MAX_FRAMES:
-        raise MediaRejected(f"{facts.frames} frames; max {MAX_FRAMES}")
-    return facts
-
-
-def guess_type(data: bytes) -> tuple[str, str]:
-    """(extension, content type) to serve a file with, from its first bytes."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpg", "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png", "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", "image/webp"
-    if data[4:8] == b"ftyp":
-        return "mp4", "video/mp4"
-    return "bin", "application/octet-stream"

@@ -10,10 +10,7 @@ failed (`in_flight`, `stats.processing`). In queue mode a task created with ever
 (`pending`, no start time) and gets the next freed slot in creation order, starting at the clock
 reading that slot freed; `settle()` works this out lazily, in deadline order, when anyone looks.
 
-URL inputs are fetched like the service fetches them, but only from loopback (`127.0.0.0/8`, `::1`,
-`localhost`, any port, http or https): files this emulator serves are read from its store, other
-loopback URLs are fetched with aiohttp (at most 10 MiB, 10 s). Any other host fails the task with
-`raw_message` "the emulator only fetches loopback URLs (got host ...)"; nothing leaves the machine.
+Inputs are resolved to bytes by `_inputs.InputResolver` (loopback URLs only).
 """
 
 from __future__ import annotations
@@ -21,78 +18,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
-import ipaddress
 import itertools
 import math
 from collections.abc import Callable
-from typing import Final
-from urllib.parse import unquote, urlsplit
 
-import aiohttp
 import anyio
 import anyio.to_thread
-from attrs import frozen
 
-from ._imagecheck import MAX_BYTES, guess_type
+from ._inputs import InputFailure, InputResolver
+from ._job import Processor, identity
+from ._mediacheck import guess_type
 from ._state import Clock, FileStore, Stats, StoredTask, TaskStore
-from ._validation import ValidationError, check_image, check_video, media_fields
 
-__all__ = ["Processor", "SwapJob", "TaskRunner", "identity"]
-
-_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-FETCH_TIMEOUT: Final = 10.0
-"""Seconds allowed to fetch one loopback URL input."""
-
-
-def is_loopback_host(host: str) -> bool:
-    """`localhost` (with or without a trailing dot) or a loopback IP (`127.0.0.0/8`, `::1`)."""
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def loopback_only(host: str) -> str:
-    return f"the emulator only fetches loopback URLs (got host {host or '(none)'})"
-
-
-class _InputFailure(Exception):
-    """An input could not be had: `message` for `error.message`, `raw` for `error.raw_message`."""
-
-    def __init__(self, message: str, raw: str) -> None:
-        super().__init__(raw)
-        self.message = message
-        self.raw = raw
-
-
-@frozen
-class SwapJob:
-    """What a processor gets: the task kind and its resolved input bytes."""
-
-    model: str
-    task_type: str
-    target: bytes
-    """The target image, or the target video for a video task."""
-    swap: bytes
-    swap_faces_index: tuple[int, ...] = ()
-    target_faces_index: tuple[int, ...] = ()
-
-    @property
-    def is_video(self) -> bool:
-        return self.model == "Qubico/video-toolkit"
-
-
-Processor = Callable[[SwapJob], bytes]
-"""Turns a job into the result file's bytes. Runs in a worker thread; any exception fails the task
-with `str(exc)` as the error message."""
-
-
-def identity(job: SwapJob) -> bytes:
-    """The default processor: the result is the target unchanged."""
-    return job.target
+__all__ = ["TaskRunner"]
 
 
 class TaskRunner:
@@ -118,9 +56,8 @@ class TaskRunner:
             processor = None  # the fast path: no thread for a processor that only copies
         self._processor = processor
         self._limiter = anyio.CapacityLimiter(max_workers) if processor is not None else None
-        self._is_own_url = is_own_url
+        self._inputs = InputResolver(files=files, is_own_url=is_own_url)
         self._jobs: dict[str, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._stats = stats if stats is not None else Stats()
         self._queue_slots = queue_slots
@@ -240,8 +177,8 @@ class TaskRunner:
             self._fail(task, task.forced_failure, ended_at=task.due_at)
             return
         try:
-            resolved = self._resolve(task, fetched={})
-        except _InputFailure as failure:
+            resolved = self._inputs.resolve(task, fetched={})
+        except InputFailure as failure:
             self._fail(task, failure.message, ended_at=task.due_at, raw=failure.raw)
             return
         if resolved is None or self._processor is not None:  # a fetch or a processor thread: a job
@@ -268,18 +205,16 @@ class TaskRunner:
         if jobs:
             await asyncio.wait(jobs)
         self._jobs.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._inputs.aclose()
 
     async def _run(self, task: StoredTask, processor: Processor | None) -> None:
         """Fetch the loopback URL inputs not served here, then run the processor (or identity)."""
         try:
             try:
-                fetched = await self._fetch_foreign(task)
-                job = self._resolve(task, fetched)
+                fetched = await self._inputs.fetch_foreign(task)
+                job = self._inputs.resolve(task, fetched)
                 assert job is not None
-            except _InputFailure as failure:
+            except InputFailure as failure:
                 self._fail(task, failure.message, raw=failure.raw)
                 return
             if processor is None:
@@ -293,88 +228,6 @@ class TaskRunner:
                 self._complete(task, data)
         finally:
             self._jobs.pop(task.task_id, None)
-
-    def _resolve(self, task: StoredTask, fetched: dict[str, bytes]) -> SwapJob | None:
-        """The job's input bytes, or None when a loopback URL still has to be fetched (`fetched`
-        holds those already fetched). Raises `_InputFailure` when an input cannot be had."""
-        target_field, swap_field = media_fields(task.model)
-        found: dict[str, bytes] = {}
-        for name in (target_field, swap_field):
-            kind = "video" if name == "target_video" else "image"
-            data = task.media.get(name)
-            if data is None:
-                url = task.input[name]
-                data = fetched.get(name)
-                if data is None:
-                    data = self._local(url, kind)
-                if data is None:
-                    return None
-                try:
-                    if kind == "video":
-                        task.frames = check_video(data, name)
-                    else:
-                        check_image(data, name)
-                except ValidationError as exc:
-                    raise _InputFailure(f"failed to get valid {kind}", exc.message) from None
-            found[name] = data
-        return SwapJob(
-            model=task.model,
-            task_type=task.task_type,
-            target=found[target_field],
-            swap=found[swap_field],
-            swap_faces_index=task.swap_faces_index,
-            target_faces_index=task.target_faces_index,
-        )
-
-    def _local(self, url: str, kind: str) -> bytes | None:
-        """Bytes of a file this emulator serves; None for another loopback URL (to fetch)."""
-        path = self._is_own_url(url)
-        if path is not None:
-            stored = self._files.get(path)
-            if stored is None:
-                raise _InputFailure(f"failed to get valid {kind}", f"GET {url}: 404 Not Found")
-            return stored.data
-        try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            host = ""
-        if not is_loopback_host(host):
-            raise _InputFailure(f"failed to get valid {kind}: {loopback_only(host)}", loopback_only(host))
-        return None
-
-    async def _fetch_foreign(self, task: StoredTask) -> dict[str, bytes]:
-        """GET each URL input that is on loopback but not served by this emulator."""
-        fetched: dict[str, bytes] = {}
-        for name in media_fields(task.model):
-            if name in task.media:
-                continue
-            url = task.input[name]
-            kind = "video" if name == "target_video" else "image"
-            if self._local(url, kind) is None:
-                fetched[name] = await self._get(url, kind)
-        return fetched
-
-    async def _get(self, url: str, kind: str) -> bytes:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
-        failed = f"failed to get valid {kind}"
-        try:
-            async with self._session.get(url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise _InputFailure(failed, f"GET {url}: HTTP {resp.status}")
-                chunks, size = [], 0
-                while size <= MAX_BYTES:  # stop reading as soon as the file is over the limit
-                    chunk = await resp.content.read(256 * 1024)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                data = b"".join(chunks)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise _InputFailure(failed, f"GET {url}: {type(exc).__name__}: {exc}") from None
-        if len(data) > MAX_BYTES:
-            raise _InputFailure(failed, f"GET {url}: larger than {MAX_BYTES} bytes (10 MiB)")
-        return data
 
     def _complete(self, task: StoredTask, data: bytes, *, ended_at: float | None = None) -> None:
         if task.is_video:
@@ -394,21 +247,3 @@ class TaskRunner:
         task.ended_at = ended_at if ended_at is not None else max(task.due_at, self._clock.now())
         self._store.transition(task, "failed")
         self._release(task)
-
-
-def own_path(url: str, ports: tuple[int, ...], hosts: frozenset[str]) -> str | None:
-    """The /results/... or /files/... path (percent-decoded) of `url` if it is served by this
-    emulator (on any of its `ports`), else None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme != "http" or (parts.hostname or "").lower() not in (_LOCAL_HOSTS | hosts):
-        return None
-    if port not in ports:
-        return None
-    path = unquote(parts.path)
-    if not path.startswith(("/results/", "/files/")) or "/../" in path:
-        return None
-    return path

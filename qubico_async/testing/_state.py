@@ -1,4 +1,4 @@
-"""The emulator's state: its clock, stored tasks and files, prices, stats, and the wire form of a task.
+"""The emulator's state: its clock, stored tasks and files, the account's points, and the stats.
 
 Nothing here does I/O. Status progression is driven by `Clock`, a monotonic clock that tests move
 forward with `advance()` instead of sleeping.
@@ -7,7 +7,6 @@ forward with `advance()` instead of sleeping.
 from __future__ import annotations
 
 import math
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -16,125 +15,23 @@ from typing import Any, Literal
 
 from attrs import define, field, frozen
 
+from ._pricing import POINTS_PER_USD, PRICES, VIDEO_MODEL
+from ._wireshape import WireShape
+
 __all__ = [
-    "DEFAULT_FAILURE_MESSAGE",
-    "CREDIT_FROZEN_POINTS",
-    "CREDIT_RAW_MESSAGE",
-    "FAILURE_CODE",
-    "IMAGE_MODEL",
-    "POINTS_PER_USD",
-    "PRICES",
-    "PRE_PROCESS_FAILED",
-    "ZERO_TIME",
-    "VIDEO_MODEL",
     "Clock",
     "FileStore",
-    "Price",
     "Stats",
     "StoredFile",
     "StoredTask",
     "TaskStatusName",
     "TaskStore",
-    "WireName",
-    "WireShape",
     "account_info",
-    "shape_for",
-    "task_to_wire",
+    "new_task_id",
+    "points_available",
 ]
 
-IMAGE_MODEL = "Qubico/image-toolkit"
-VIDEO_MODEL = "Qubico/video-toolkit"
-
-FAILURE_CODE = 10000
-"""`error.code` of a failed task."""
-DEFAULT_FAILURE_MESSAGE = "face swap failed: no face detected"
-
 TaskStatusName = Literal["pending", "processing", "completed", "failed"]
-
-WireName = Literal["realistic", "plain"]
-"""`realistic`: each task answers in one of the shapes real responses showed (piapi-api.md §18), drawn
-from (seed, task_id); `plain`: one clean shape, as the docs' examples show it."""
-
-ZERO_TIME = "0001-01-01T00:00:00Z"
-"""Go's zero time: what the service sends for `started_at` / `ended_at` before they happen."""
-
-POINTS_PER_USD = 100_000_000
-"""GUESS, published nowhere: 1,000,000 points = $0.01. Real usages are integers in points (a Qubico
-Flux task froze and consumed 2,000,000); this rate only turns the emulator's USD prices and balance
-into points and back. Do not rely on it for real budgets."""
-
-PRE_PROCESS_FAILED = "failed to pre-process task runtime"
-CREDIT_RAW_MESSAGE = "failed to freeze account point quota: account point quota not enough; account credit not enough"
-CREDIT_FROZEN_POINTS = 500_000
-"""`meta.usage.frozen` of a create refused for credit, as seen on the wire (piapi-api.md §18)."""
-
-
-@frozen
-class WireShape:
-    """How one task is spelled on the wire. `plain()` is the clean documented shape."""
-
-    title_status: bool = False
-    """`Completed` instead of `completed` (and so on)."""
-    envelope_code: int = 200
-    """200, or 0 (as one schema page and a CLI expect) on a successful answer about this task."""
-    logs_null: bool = False
-    input_null: bool = False
-    output_extras: bool = False
-    """`output` carries `image_base64: ""` beside the URL."""
-    meta_extras: bool = False
-    """`meta` carries `model_version`, `process_mode`, `failover_triggered`."""
-    zero_times: bool = False
-    """`meta` is complete from the start, `started_at`/`ended_at` being ZERO_TIME until they happen."""
-    time_style: Literal["Z", "nanos", "+08:00"] = "Z"
-
-    @classmethod
-    def plain(cls) -> WireShape:
-        return cls()
-
-
-def shape_for(seed: int, task_id: str, wire: WireName) -> WireShape:
-    """The shape of task `task_id`: fixed by (seed, task_id), so runs are reproducible."""
-    if wire == "plain":
-        return WireShape.plain()
-    rng = random.Random(f"wire:{seed}:{task_id}")
-    return WireShape(
-        title_status=rng.random() < 0.5,
-        envelope_code=rng.choice((200, 0)),
-        logs_null=rng.random() < 0.5,
-        input_null=rng.random() < 0.5,
-        output_extras=rng.random() < 0.5,
-        meta_extras=rng.random() < 0.5,
-        zero_times=True,
-        time_style=rng.choice(("Z", "nanos", "+08:00")),
-    )
-
-
-@frozen
-class Price:
-    """What one task consumes, in USD: `usd` per task, or per frame when `per_frame`."""
-
-    usd: float
-    per_frame: bool = False
-
-    def cost(self, frames: int | None) -> float:
-        if not self.per_frame:
-            return self.usd
-        return round(self.usd * (frames if frames is not None else VIDEO_FALLBACK_FRAMES), 6)
-
-    def points(self, frames: int | None) -> int:
-        """The cost in points (integers, as `meta.usage` carries them), at the guessed POINTS_PER_USD."""
-        return round(self.cost(frames) * POINTS_PER_USD)
-
-
-VIDEO_FALLBACK_FRAMES = 100
-"""Frames billed for a video whose frame count the header does not give."""
-
-PRICES: Mapping[tuple[str, str], Price] = {
-    (IMAGE_MODEL, "face-swap"): Price(0.01),
-    (IMAGE_MODEL, "multi-face-swap"): Price(0.015),
-    (VIDEO_MODEL, "face-swap"): Price(0.0005, per_frame=True),
-}
-"""(model, task_type) -> price. The known task kinds are exactly the keys."""
 
 
 @define
@@ -393,81 +290,3 @@ def points_available(tasks: TaskStore, balance_usd: float) -> int:
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
-
-
-def task_to_wire(task: StoredTask, base_url: str, clock: Clock) -> dict[str, Any]:
-    """The task object (Get Task `data`) in the task's wire shape, as a fresh dict."""
-    shape = task.shape
-    output: dict[str, Any] | None = None
-    if task.status == "completed" and task.result_name is not None:
-        url = f"{base_url}/results/{task.result_name}"
-        output = {"video_url": url} if task.is_video else {"image_url": url}
-        if shape.output_extras:
-            output["image_base64"] = ""
-
-    meta: dict[str, Any] = {}
-    if task.status != "pending" or shape.zero_times:
-        meta = _meta(task, clock)
-
-    if task.refused:
-        error: dict[str, Any] = {
-            "code": FAILURE_CODE,
-            "message": PRE_PROCESS_FAILED,
-            "raw_message": CREDIT_RAW_MESSAGE,
-            "detail": None,
-        }
-    elif task.status == "failed":
-        raw = task.error_raw if task.error_raw is not None else task.error_message
-        error = {"code": FAILURE_CODE, "raw_message": raw, "message": task.error_message, "detail": None}
-    else:
-        error = {"code": 0, "raw_message": "", "message": "", "detail": None}
-
-    return {
-        "task_id": task.task_id,
-        "model": task.model,
-        "task_type": task.task_type,
-        "status": task.status.capitalize() if shape.title_status else task.status,
-        "config": _copy_config(task.config),
-        "input": None if shape.input_null else {},
-        "output": output,
-        "meta": meta,
-        "detail": None,
-        "logs": None if shape.logs_null else [],
-        "error": error,
-    }
-
-
-def _meta(task: StoredTask, clock: Clock) -> dict[str, Any]:
-    shape = task.shape
-    points = task.cost_points
-    if task.refused:
-        usage = {"type": "point", "frozen": CREDIT_FROZEN_POINTS, "consume": 0}
-    elif task.status == "completed":
-        usage = {"type": "point", "frozen": points, "consume": points}
-    elif task.status == "failed":
-        usage = {"type": "point", "frozen": points, "consume": 0}
-    else:
-        usage = {"type": "point", "frozen": points, "consume": 0}
-    style = shape.time_style
-    started = task.status != "pending" and not task.refused
-    meta: dict[str, Any] = {"created_at": clock.iso(task.created_at, style)}
-    if started:
-        meta["started_at"] = clock.iso(task.started_at, style)
-    elif shape.zero_times:
-        meta["started_at"] = ZERO_TIME
-    if task.ended_at is not None and not task.refused:
-        meta["ended_at"] = clock.iso(task.ended_at, style)
-    elif shape.zero_times:
-        meta["ended_at"] = ZERO_TIME
-    meta["usage"] = usage
-    meta["is_using_private_pool"] = False
-    if shape.meta_extras:
-        meta.update({"model_version": "", "process_mode": "", "failover_triggered": False})
-    return meta
-
-
-def _copy_config(config: dict[str, Any]) -> dict[str, Any]:
-    copied = dict(config)
-    if isinstance(copied.get("webhook_config"), dict):
-        copied["webhook_config"] = dict(copied["webhook_config"])
-    return copied

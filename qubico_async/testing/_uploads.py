@@ -23,7 +23,7 @@ import anyio.to_thread
 from attrs import frozen
 
 from ._faults import UploadUrlStyle
-from ._imagecheck import MAX_BYTES, guess_type
+from ._mediacheck import MAX_BYTES, guess_type
 from ._state import FileStore
 from ._validation import ValidationError
 

@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 from attrs import frozen
 
-from ._imagecheck import MAX_BYTES, MAX_FRAMES, MAX_SIDE, MediaRejected, read_image, read_video
 from ._imagecheck import judge_image as _judge_image
-from ._state import PRICES, VIDEO_MODEL
+from ._imagecheck import read_image
+from ._mediacheck import MAX_BYTES, MAX_FRAMES, MAX_SIDE, MediaRejected
+from ._pricing import PRICES, VIDEO_MODEL
+from ._videocheck import read_video
 
 __all__ = [
     "CreateRequest",
