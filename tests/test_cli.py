@@ -14,7 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
-from qubico_async._batch_cli import read_manifest
+from qubico_async._batch_cli_inputs import read_manifest
 from qubico_async.errors import InvalidInputError
 from qubico_async.testing import Emulator, identity
 

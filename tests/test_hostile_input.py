@@ -39,7 +39,7 @@ from qubico_async import (
     ServerError,
     Task,
 )
-from qubico_async._batch_cli import read_manifest
+from qubico_async._batch_cli_inputs import read_manifest
 from qubico_async._convert import structure_account, structure_task
 from qubico_async.errors import InvalidInputError
 from qubico_async.models import AccountInfo
@@ -708,7 +708,7 @@ def test_manifest_that_never_ends_is_refused(tmp_path: Path) -> None:
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
         "from pathlib import Path\n"
-        "from qubico_async._batch_cli import read_manifest\n"
+        "from qubico_async._batch_cli_inputs import read_manifest\n"
         "from qubico_async.errors import InvalidInputError\n"
         "try:\n"
         "    read_manifest(Path(sys.argv[1]))\n"

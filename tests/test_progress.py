@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from qubico_async import _batch_cli
-from qubico_async._batch_cli import PlainDisplay, RichDisplay, make_display, progress_text
+from qubico_async import _batch_cli_display
+from qubico_async._batch_cli_display import PlainDisplay, RichDisplay, make_display, progress_text
 from qubico_async.batch import Progress
 from qubico_async.testing import Emulator, identity
 
@@ -160,7 +160,7 @@ async def test_a_slow_batch_still_shows_progress_between_outcomes(
     """Off a terminal a line is printed every PLAIN_INTERVAL seconds even when no job finishes."""
     from qubico_async.cli import main
 
-    monkeypatch.setattr(_batch_cli, "PLAIN_INTERVAL", 0.01)
+    monkeypatch.setattr(_batch_cli_display, "PLAIN_INTERVAL", 0.01)
     monkeypatch.setenv("QUBICO_API_KEY", emu_p.api_key)
     emu_p.processing_seconds = 0.3
     face, folder = _inputs(tmp_path, 1)
