@@ -176,12 +176,10 @@ class _Media:
             raise InvalidInputError(f"{self.name}: is empty")
         if len(data) > MAX_MEDIA_BYTES:
             raise InvalidInputError(f"{self.name}: {too_big(len(data))}")
-        info = self._probe(data)
-        self._check_extension(info)
-        if len(data) > THREAD_THRESHOLD:
-            digest = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        if len(data) > THREAD_THRESHOLD:  # the check inflates a PNG's image data: off the loop
+            info, digest = await anyio.to_thread.run_sync(self._check_bytes_locked, data)
         else:
-            digest = hashlib.sha256(data).hexdigest()
+            info, digest = self._check_bytes(data)
         return LoadedMedia(
             info=info,
             source=self.name,
@@ -190,6 +188,15 @@ class _Media:
             digest=digest,
             raw=data,
         )
+
+    def _check_bytes(self, data: bytes) -> tuple[ImageInfo | VideoInfo, str]:
+        info = self._probe(data)
+        self._check_extension(info)
+        return info, hashlib.sha256(data).hexdigest()
+
+    def _check_bytes_locked(self, data: bytes) -> tuple[ImageInfo | VideoInfo, str]:
+        with CPU_LOCK:
+            return self._check_bytes(data)
 
     def _check_base64_locked(self, text: str, start: int, end: int) -> tuple[int, str, ImageInfo | VideoInfo]:
         with CPU_LOCK:

@@ -1,9 +1,11 @@
 """The event loop keeps running while big inline jobs are prepared and sent (issue 13).
 
 A 5 ms ticker runs beside four concurrent submits, each carrying two 8.5 MB images inline. What
-is counted is ticks that came late by more than a generous bound: no elapsed time of any operation
-is asserted. The server drains bodies a chunk at a time and never parses them, so the lag counted
-is the SDK's own.
+is counted is ticks between which the event loop's own thread spent more than a bound of CPU time
+(`time.thread_time`): work that blocks the loop shows there, while time the thread spends
+preempted by other processes or waiting for the GIL does not, so a loaded box cannot fail it. No
+elapsed time of any operation is asserted. The server drains bodies a chunk at a time and never
+parses them, so the lag counted is the SDK's own.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from .scripted_service import envelope, real_task
 pytestmark = pytest.mark.anyio
 
 IMAGE_BYTES = int(8.5 * 1024 * 1024)
-LATE = 0.2
-"""A tick later than this is counted as a stall (one json.dumps of a 22 MB body held the GIL ~90 ms)."""
+BLOCKING = 0.03
+"""Loop-thread CPU between two ticks above this is a stall (now <= 16 ms; a json.dumps of one 11 MB
+base64 text on the loop takes ~48 ms, and the PNG check inflating on the loop took ~65 ms)."""
 
 
 _BLACK_2048 = zlib.compress(bytes(2048 * (1 + 3 * 2048)))
@@ -88,11 +91,11 @@ async def test_no_stall_while_four_17_mb_inline_jobs_are_sent() -> None:
         done = anyio.Event()
 
         async def ticker() -> None:
-            last = time.perf_counter()
+            last = time.thread_time()
             while not done.is_set():
                 await anyio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last - 0.005)
+                now = time.thread_time()
+                gaps.append(now - last)
                 last = now
 
         async with anyio.create_task_group() as tg:
@@ -101,11 +104,11 @@ async def test_no_stall_while_four_17_mb_inline_jobs_are_sent() -> None:
                 for job in jobs:
                     submits.start_soon(functools.partial(client.submit, job, upload="never"))
             done.set()
-    stalls = [gap for gap in gaps if gap > LATE]
+    stalls = [gap for gap in gaps if gap > BLOCKING]
     assert len(bodies) == 4
     expected = len(f'"data:image/png;base64,{texts[0]}"') * 2
     assert all(size > expected for size, _ in bodies)
     assert all(head.startswith('{"model":"Qubico/image-toolkit"') for _, head in bodies)
     assert len(gaps) > 10  # the ticker ran throughout
-    assert stalls == [], f"{len(stalls)} of {len(gaps)} ticks late by over {LATE * 1000:.0f} ms"
+    assert stalls == [], f"{len(stalls)} of {len(gaps)} ticks: the loop ran over {BLOCKING * 1000:.0f} ms of CPU"
     assert hashlib.sha256(images[0]).hexdigest()  # images stay alive until here: the caller's own copy
