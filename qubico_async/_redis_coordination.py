@@ -20,15 +20,17 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._redis_fanout import RedisFanout, dump_task, load_task
 from ._redis_leases import RedisLeases
 from ._redis_link import ERRORS, RedisLink, aioredis, redacted
 from ._redis_pause import RedisPause
 from ._redis_uploads import RedisSharedUploads
-from .coordination import Lease
 from .models import Task
+
+if TYPE_CHECKING:  # `coordination` imports this module lazily: no import back at run time
+    from .coordination import Lease
 
 __all__ = ["RedisCoordination", "dump_task", "load_task"]
 

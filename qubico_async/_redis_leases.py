@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._redis_link import RedisLink
-from .coordination import Lease
+
+if TYPE_CHECKING:  # `coordination` imports this module lazily: no import back at run time
+    from .coordination import Lease
 
 __all__ = ["RedisLeases"]
 
