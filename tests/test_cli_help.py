@@ -6,6 +6,7 @@ process) and against the emulator on loopback.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -229,3 +230,8 @@ def test_a_default_of_zero_is_shown() -> None:
     text = parser.format_help()
     assert "random seed (default: 0)" in " ".join(text.split())
     assert "go fast (default" not in " ".join(text.split())
+
+
+def test_the_version_is_the_one_pyproject_states() -> None:
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.findall(r'^version = "([^"]+)"$', pyproject, re.MULTILINE) == [__version__]
