@@ -89,10 +89,7 @@ class Journal:
 
     @classmethod
     async def open(
-        cls,
-        path: str | os.PathLike[str] | None,
-        *,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        cls, path: str | os.PathLike[str] | None, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
     ) -> Journal:
         """Open (or create) the journal at `path`; None (or ":memory:") keeps it in memory.
 
@@ -103,12 +100,9 @@ class Journal:
         """
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidInputError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
-        if path is None:
-            database = ":memory:"
-        else:
-            database = os.fsdecode(path)
-            if not database:
-                raise InvalidInputError("journal path must not be empty (use None for in-memory)")
+        database = ":memory:" if path is None else os.fsdecode(path)
+        if not database:
+            raise InvalidInputError("journal path must not be empty (use None for in-memory)")
         writer = _Writer(database, synchronous, asyncio.get_running_loop())
         try:
             await writer.start()
@@ -129,8 +123,7 @@ class Journal:
         return self._writer.stopping
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<Journal {self.path or ':memory:'} ({state})>"
+        return f"<Journal {self.path or ':memory:'} ({'closed' if self.closed else 'open'})>"
 
     async def aclose(self) -> None:
         """Commit everything queued, close the database and stop the writer thread. Idempotent.
@@ -306,20 +299,13 @@ def _dumps(value: dict[str, Any]) -> str:
 
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    """A row in `_JOB_COLUMNS` order (the order of the fields) as a `JournalEntry`."""
     key, state, fingerprint, task_id, outcome, result, spend, created, updated = row
     if state not in JOB_STATES:
         raise JournalError(f"journal row {key!r} has an unknown state {state!r}")
-    return JournalEntry(
-        key=key,
-        state=state,
-        fingerprint=fingerprint,
-        task_id=task_id,
-        outcome=outcome,
-        result=None if result is None else json.loads(result),
-        spend_usd=float(spend),
-        created_at=float(created or 0.0),
-        updated_at=float(updated or 0.0),
-    )
+    parsed = None if result is None else json.loads(result)
+    times = float(created or 0.0), float(updated or 0.0)
+    return JournalEntry(key, state, fingerprint, task_id, outcome, parsed, float(spend), *times)
 
 
 def _transition_error(conn: sqlite3.Connection, what: str, key: str) -> ValueError:
