@@ -63,7 +63,9 @@ class _Writer:
     """The thread that owns the sqlite3 connection and answers on `loop`; holds no `Journal`.
 
     A daemon thread: a journal never closed cannot keep the process alive, and nothing is lost
-    when the thread dies with it (every acknowledged write was committed first).
+    when the thread dies with it (every acknowledged write was committed first). No finalizer:
+    until the process exits, a dropped journal's idle thread keeps its connection and run lock
+    (test_exit_without_aclose_does_not_hang_and_keeps_writes runs that under `-W error`).
     """
 
     def __init__(self, database: str, synchronous: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -191,8 +193,8 @@ class _Writer:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            error = _error(f"journal {self.database!r}: write failed, nothing committed: {exc}", exc)
-            results = [(fut, _same_error(error), None) for _fn, fut in batch]
+            message = f"journal {self.database!r}: write failed, nothing committed: {exc}"
+            results = [(fut, _error(message, exc), None) for _fn, fut in batch]  # one error each
         self._post(results)
 
     def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection | None]:
