@@ -75,9 +75,8 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()  # None: commit and stop
         self._lock = threading.Lock()  # orders submit() against stopping
         self._stop_error: BaseException | None = None  # set (under the lock) once stopping
-        self._close_waiters: list[asyncio.Future[Any]] = []
-        self._finished = False  # the thread has released the database
-        self._ready: asyncio.Future[None] = loop.create_future()
+        self._ready: asyncio.Future[None] = loop.create_future()  # the journal is open (or not)
+        self._done: asyncio.Future[None] = loop.create_future()  # the thread released the database
         self._thread = threading.Thread(target=self._run, name="qubico-journal-writer", daemon=True)
         self.commits = 0  # transactions committed (for tests)
 
@@ -98,18 +97,13 @@ class _Writer:
 
     async def close(self) -> None:
         """Commit what is queued, stop the thread and wait (without blocking the loop) for it."""
-        fut = self.loop.create_future()
         with self._lock:
-            waiting = not self._finished
-            if waiting:
-                self._close_waiters.append(fut)
-            if waiting and self._stop_error is None:
+            if self._stop_error is None:
                 self._stop_error = JournalClosedError("the journal is closed")
                 self._queue.put(None)
-        if waiting:
-            await fut
-        if self._thread.ident is not None:  # it resolved `fut` as its very last action
-            self._thread.join()
+        if self._thread.ident is not None:
+            await asyncio.shield(self._done)  # shared by every aclose(): never cancelled by one
+            self._thread.join()  # it resolved `_done` as its very last action
 
     def _post(self, items: list[_Delivery]) -> None:
         """Hand results to the loop: one wake-up per batch. A closed loop has nobody waiting."""
@@ -141,11 +135,9 @@ class _Writer:
             self._finish()
 
     def _finish(self) -> None:
-        """Fail whatever is still queued, then release every aclose() waiter (last action)."""
+        """Fail whatever is still queued, then release every aclose() (last action)."""
         with self._lock:
-            self._finished = True
-            waiters, self._close_waiters = self._close_waiters, []
-            error = self._stop_error
+            error = self._stop_error  # set: no submit() can queue anything after this
         assert error is not None
         pending: list[_Delivery] = []
         with contextlib.suppress(queue.Empty):
@@ -153,8 +145,7 @@ class _Writer:
                 op = self._queue.get_nowait()
                 if op is not None:
                     pending.append((op[1], _same_error(error), None))
-        pending += [(fut, None, None) for fut in waiters]
-        self._post(pending)
+        self._post([*pending, (self._done, None, None)])
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:

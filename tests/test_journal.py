@@ -548,6 +548,7 @@ async def test_cancelled_waiter_still_writes(journal: Journal) -> None:
             tg.start_soon(intent, i)
         await all_queued.wait()
         tg.cancel_scope.cancel()  # every write is queued; all waiters are cancelled
+    await journal.get("k0")  # queued after every cancelled write (FIFO): they are committed now
     assert len(_rows(journal)) == 301
     await journal.record_submitted("k0", "t0")  # still fully usable
     entry = await journal.get("k0")
