@@ -1,5 +1,6 @@
-"""The journal's storage: one SQLite connection owned by a writer thread, group commits,
-the run lock, and validation of what is on disk. `journal.Journal` is the async face of it.
+"""The journal's storage: one SQLite connection owned by a writer thread that serves one event
+loop, group commits, the run lock, and validation of what is on disk. `journal.Journal` is the
+async face of it.
 """
 
 from __future__ import annotations
@@ -12,74 +13,41 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from .errors import JournalClosedError, JournalError
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x51424A4C  # "QBJL": marks the file as a qubico_async journal
 _MAX_BATCH: Final = 10_000  # operations per transaction (bounds the latency of one commit)
-_DELIVER_CHUNK: Final = 256  # futures resolved per event-loop iteration
-_IDLE_POLL: Final = 0.25  # seconds; how often an idle writer checks that the interpreter lives
 _LOCK_TIMEOUT: Final = 0.2  # seconds to wait for the run lock of a journal in use elsewhere
 _BUSY_TIMEOUT: Final = 5.0  # seconds to wait for an outside connection's lock (e.g. a checkpoint)
 
-_JOB_COLUMNS: Final = (
-    "key",
-    "state",
-    "fingerprint",
-    "task_id",
-    "outcome",
-    "result",
-    "spend_usd",
-    "created_at",
-    "updated_at",
-)
-_T = TypeVar("_T")
+_JOB_COLUMNS: Final = "key, state, fingerprint, task_id, outcome, result, spend_usd, created_at, updated_at"
+_SCHEMA: Final = """CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY, state TEXT NOT NULL, fingerprint TEXT NOT NULL, task_id TEXT, outcome TEXT,
+    result TEXT, spend_usd REAL NOT NULL DEFAULT 0, created_at REAL, updated_at REAL
+)"""  # the columns of _JOB_COLUMNS, in that order
 _OpFn = Callable[[sqlite3.Connection, float], Any]
-# (operation or None for "close", loop, future); loop/future are None for fire-and-forget.
-_Op = tuple[_OpFn | None, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]
+_Op = tuple[_OpFn, asyncio.Future[Any]]  # an operation and the future awaiting its result
 _Delivery = tuple[asyncio.Future[Any], BaseException | None, Any]
 
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS jobs (
-        key TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        task_id TEXT,
-        outcome TEXT,
-        result TEXT,
-        spend_usd REAL NOT NULL DEFAULT 0,
-        created_at REAL,
-        updated_at REAL
-    )""",
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)",
-)
 
-
-def _deliver(items: list[_Delivery], start: int = 0) -> None:
-    """Runs on the event loop: resolve futures whose awaiting task is still interested.
-
-    At most `_DELIVER_CHUNK` per loop iteration, so thousands of waking tasks cannot stall the
-    loop's timers and I/O for one long iteration.
-    """
-    end = min(len(items), start + _DELIVER_CHUNK)
-    for fut, exc, value in items[start:end]:
+def _deliver(items: list[_Delivery]) -> None:
+    """Runs on the event loop: resolve the futures whose awaiting task is still interested."""
+    for fut, exc, value in items:
         if fut.done():  # cancelled: the write happened, nobody waits for the answer
             continue
         if exc is not None:
             fut.set_exception(exc)
         else:
             fut.set_result(value)
-    if end < len(items):
-        items[end][0].get_loop().call_soon(_deliver, items, end)
 
 
-def _post(by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]]) -> None:
-    """Hand results to their loops (one wake-up per loop per batch); a closed loop is skipped."""
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody can be waiting any more
-            loop.call_soon_threadsafe(_deliver, items)
+def _error(message: str, cause: BaseException) -> JournalError:
+    error = JournalError(message)
+    error.__cause__ = cause
+    return error
 
 
 def _same_error(exc: BaseException) -> BaseException:
@@ -92,27 +60,34 @@ def _same_error(exc: BaseException) -> BaseException:
 
 
 class _Writer:
-    """The thread that owns the sqlite3 connection; holds no reference to the `Journal`."""
+    """The thread that owns the sqlite3 connection and answers on `loop`; holds no `Journal`.
 
-    def __init__(self, database: str, synchronous: str) -> None:
+    A daemon thread: a journal never closed cannot keep the process alive, and nothing is lost
+    when the thread dies with it (every acknowledged write was committed first). No finalizer:
+    until the process exits, a dropped journal's idle thread keeps its connection and run lock
+    (test_exit_without_aclose_does_not_hang_and_keeps_writes runs that under `-W error`).
+    """
+
+    def __init__(self, database: str, synchronous: str, loop: asyncio.AbstractEventLoop) -> None:
         self.database = database
+        self.loop = loop
         self._synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()  # None: commit and stop
         self._lock = threading.Lock()  # orders submit() against stopping
         self._stop_error: BaseException | None = None  # set (under the lock) once stopping
-        self._close_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._finished = False  # the thread has released the database
-        self._thread = threading.Thread(target=self._run, name="qubico-journal-writer", daemon=False)
-        self._ready: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self.commits = 0  # transactions committed (for tests and benchmarks)
+        self._ready: asyncio.Future[None] = loop.create_future()  # the journal is open (or not)
+        self._done: asyncio.Future[None] = loop.create_future()  # the thread released the database
+        self._thread = threading.Thread(target=self._run, name="qubico-journal-writer", daemon=True)
+        self.commits = 0  # transactions committed (for tests)
 
     @property
     def stopping(self) -> bool:
         return self._stop_error is not None
 
-    def start(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
-        self._ready = (loop, ready)
+    async def start(self) -> None:
+        """Start the thread and wait until the journal is open (or raise why it is not)."""
         self._thread.start()
+        await self._ready
 
     def submit(self, op: _Op) -> None:
         with self._lock:
@@ -120,27 +95,20 @@ class _Writer:
                 raise _same_error(self._stop_error)
             self._queue.put(op)
 
-    def request_close(self, loop: asyncio.AbstractEventLoop | None, fut: asyncio.Future[None] | None) -> bool:
-        """Ask the thread to commit what is queued and stop; False if it already stopped."""
+    async def close(self) -> None:
+        """Commit what is queued, stop the thread and wait (without blocking the loop) for it."""
         with self._lock:
-            if self._finished:
-                return False
-            if loop is not None and fut is not None:
-                self._close_waiters.append((loop, fut))
             if self._stop_error is None:
                 self._stop_error = JournalClosedError("the journal is closed")
-                self._queue.put((None, None, None))
-            return True
-
-    async def close(self) -> None:
-        """Stop the thread and wait (without blocking the loop) until it has exited."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if self.request_close(loop, fut):
-            await fut
-        # The thread resolves `fut` as its very last action, so this join is immediate.
+                self._queue.put(None)
         if self._thread.ident is not None:
-            self._thread.join()
+            await asyncio.shield(self._done)  # shared by every aclose(): never cancelled by one
+            self._thread.join()  # it resolved `_done` as its very last action
+
+    def _post(self, items: list[_Delivery]) -> None:
+        """Hand results to the loop: one wake-up per batch. A closed loop has nobody waiting."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_deliver, items)
 
     # -- thread side ---------------------------------------------------------------------------
 
@@ -148,120 +116,77 @@ class _Writer:
         conn: sqlite3.Connection | None = None
         run_lock: sqlite3.Connection | None = None
         try:
-            try:
-                conn, run_lock = self._connect()
-            except BaseException as exc:
-                with self._lock:
+            conn, run_lock = self._connect()
+            self._post([(self._ready, None, None)])
+            self._serve(conn)
+        except BaseException as exc:
+            with self._lock:
+                if conn is None:  # never opened: Journal.open() raises `exc`
                     self._stop_error = JournalClosedError("the journal failed to open")
-                self._resolve_ready(exc)
-                return
-            self._resolve_ready(None)
-            try:
-                self._serve(conn)
-            except BaseException as exc:  # a bug or a fatal error: fail everything, never hang
-                with self._lock:
-                    if self._stop_error is None or isinstance(self._stop_error, JournalClosedError):
-                        error = JournalError(f"the journal writer stopped: {exc!r}")
-                        error.__cause__ = exc
-                        self._stop_error = error
+                elif self._stop_error is None or isinstance(self._stop_error, JournalClosedError):
+                    self._stop_error = _error(f"the journal writer stopped: {exc!r}", exc)  # fail all, never hang
+            if conn is None:
+                self._post([(self._ready, exc, None)])
         finally:
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()  # checkpoints the WAL into the database file
-            if run_lock is not None:  # only after the journal itself is closed
-                with contextlib.suppress(sqlite3.Error):
-                    run_lock.close()
+            for c in (conn, run_lock):  # the journal first (checkpoints the WAL), then its lock
+                if c is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.close()
             self._finish()
 
-    def _resolve_ready(self, exc: BaseException | None) -> None:
-        assert self._ready is not None
-        loop, fut = self._ready
-        self._ready = None
-        _post({loop: [(fut, exc, None)]})
-
     def _finish(self) -> None:
-        """Fail whatever is still queued, then release every aclose() waiter (last action)."""
+        """Fail whatever is still queued, then release every aclose() (last action)."""
         with self._lock:
-            if self._stop_error is None:  # interpreter shutdown: nobody is left to submit
-                self._stop_error = JournalClosedError("the journal is closed")
-            self._finished = True
-            waiters, self._close_waiters = self._close_waiters, []
-            error = self._stop_error
-        pending: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
-        while True:
-            try:
-                _fn, loop, fut = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if loop is not None and fut is not None:
-                pending.setdefault(loop, []).append((fut, _same_error(error), None))
-        for loop, fut in waiters:
-            pending.setdefault(loop, []).append((fut, None, None))
-        _post(pending)
+            error = self._stop_error  # set: no submit() can queue anything after this
+        assert error is not None
+        pending: list[_Delivery] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                op = self._queue.get_nowait()
+                if op is not None:
+                    pending.append((op[1], _same_error(error), None))
+        self._post([*pending, (self._done, None, None)])
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        main = threading.main_thread()
         while True:
-            try:
-                first = self._queue.get(timeout=_IDLE_POLL)
-            except queue.Empty:
-                if not main.is_alive():  # interpreter exiting without aclose(): don't hang it
-                    return
-                continue
-            batch = [first]
-            while len(batch) < _MAX_BATCH and batch[-1][0] is not None:
+            batch = [self._queue.get()]
+            while len(batch) < _MAX_BATCH and batch[-1] is not None:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            closing = batch[-1][0] is None
-            if closing:
-                batch.pop()
-            if batch:
-                self._run_batch(conn, batch)
-            if closing:
+            ops = [op for op in batch if op is not None]  # None (close) can only come last
+            if ops:
+                self._run_batch(conn, ops)
+            if batch[-1] is None:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run `batch` in one transaction, commit once, then resolve every future."""
         now = time.time()
-        results: list[tuple[BaseException | None, Any]] = []
+        results: list[_Delivery] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _loop, _fut in batch:
-                assert fn is not None
+            for fn, fut in batch:
                 try:
-                    value = fn(conn, now)
+                    results.append((fut, None, fn(conn, now)))
                 except Exception as exc:
                     # Each operation makes at most one change, in one statement, after its checks;
                     # SQLite undoes a failed statement, so a failed operation changed nothing...
                     if not conn.in_transaction:
                         raise  # ...unless SQLite rolled back the whole transaction: batch lost
-                    results.append((self._wrap(exc), None))
-                else:
-                    results.append((None, value))
+                    if isinstance(exc, sqlite3.Error):  # else ValueError (bad transition), UnicodeError...
+                        exc = _error(f"journal {self.database!r}: write failed: {exc}", exc)
+                    results.append((fut, exc, None))
             conn.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # sqlite3.Error, normally; fail the whole batch, never hang it
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            error = JournalError(f"journal {self.database!r}: write failed, nothing committed: {exc}")
-            error.__cause__ = exc
-            results = [(_same_error(error), None) for _ in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
-        for (_fn, loop, fut), (failure, value) in zip(batch, results, strict=True):
-            if loop is not None and fut is not None:
-                by_loop.setdefault(loop, []).append((fut, failure, value))
-        _post(by_loop)
-
-    def _wrap(self, exc: Exception) -> Exception:
-        """An operation's own error as the caller sees it (SQLite errors become JournalError)."""
-        if not isinstance(exc, sqlite3.Error):
-            return exc  # ValueError (bad transition), UnicodeEncodeError (unencodable key), ...
-        error = JournalError(f"journal {self.database!r}: write failed: {exc}")
-        error.__cause__ = exc
-        return error
+            message = f"journal {self.database!r}: write failed, nothing committed: {exc}"
+            results = [(fut, _error(message, exc), None) for _fn, fut in batch]  # one error each
+        self._post(results)
 
     def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection | None]:
         """Open, validate, lock and (if new) initialise the journal; JournalError if unusable.
@@ -291,8 +216,7 @@ class _Writer:
                 conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if new:
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
+                conn.execute(_SCHEMA)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -343,10 +267,10 @@ def _validate(path: str, app_id: int, version: int, tables: set[str], conn: sqli
             f"journal {path!r} was written by a newer qubico_async (schema {version},"
             f" this version reads up to {SCHEMA_VERSION}): upgrade qubico_async"
         )
-    if version < 1 or not {"jobs", "meta"} <= tables:
+    if version < 1 or "jobs" not in tables:
         raise JournalError(f"journal {path!r} is incomplete (schema {version}, tables {sorted(tables)})")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    if not set(_JOB_COLUMNS) <= columns:
+    if not set(_JOB_COLUMNS.split(", ")) <= columns:
         raise JournalError(f"journal {path!r} has an unexpected jobs table: {sorted(columns)}")
     problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
     if problems != ["ok"]:

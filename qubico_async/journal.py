@@ -1,48 +1,32 @@
 """A crash-safe SQLite journal for batch runs: nothing is lost and nothing is paid for twice.
 
 The batch engine writes a job's row (durably) *before* it sends the paid create request, and
-records the task id as soon as the create answers. On a rerun with the same journal:
+records the task id as soon as the create answers. On a rerun with the same journal `finished`
+rows are skipped (their outcome replayed); `submitted` rows are polled, never created again;
+`intent` rows (the run died before learning the task id) and `uncertain` rows (the create was
+sent, no answer came) may have created a paid task: they are reported, and resubmitted only when
+asked; the budget starts from `total_spend()` (what was spent plus what is still reserved).
 
-- `finished` rows are skipped (their outcome is replayed);
-- `submitted` rows have a task id: they are polled, never created again;
-- `intent` rows (left by a run that died between writing the intent and learning the task id)
-  and `uncertain` rows (the create was sent but no answer came back) may or may not have
-  created a paid task: the engine reports them and resubmits only when told to.
-
-Design:
-
-- One dedicated writer thread owns the `sqlite3` connection and executes every operation
-  (reads too, so they see every earlier write). Coroutines enqueue an operation and await an
-  asyncio future that the thread resolves with `loop.call_soon_threadsafe`: the event loop
-  never blocks on SQLite.
-- Group commit: the thread drains everything queued, runs it in ONE transaction, commits once,
-  and only then resolves the futures. A `record_*` call that returned is therefore on disk, and
-  thousands of writes per second cost a few fsyncs. Each operation makes at most one change, in
-  one statement, after its checks, so a failing operation (bad transition, unstorable key)
-  changes nothing and fails alone; the rest of its batch commits.
-- Durability: WAL mode with `synchronous=FULL` by default: every commit is fsynced, so a
-  returned `record_intent` survives SIGKILL *and* power loss / OS crash. With group commit this
-  is cheap. Measured on the dev box (ext4; fsync 0.2-2 ms, noisy): 5,000 concurrent
-  `record_intent` calls take ~0.25 s in 2-4 commits with FULL and NORMAL alike; a lone awaited
-  write takes 0.3-2 ms with FULL (one fsync) vs ~0.1 ms with NORMAL; an engine-like load (three
-  writes per job, 1,000-3,000 jobs/s) runs at the same speed in both modes. On slow disks the
-  fsync is paid once per batch, and batches grow while it runs. `synchronous="NORMAL"` skips
-  the per-commit fsync: still safe against a process crash (SIGKILL, OOM kill), but the last
-  commits can be lost on power loss, which could mean paying twice for those jobs. A crash
-  never corrupts the file.
-- One run at a time: an open file journal holds an exclusive lock on `<path>-lock` (a tiny
-  SQLite file left in place), so a second run (or a second `Journal` in this process) cannot
-  use it concurrently and submit the same jobs twice; opening it raises `JournalError`.
-  Other processes can still *read* the journal while it is in use (WAL readers see every
-  acknowledged write), e.g. `sqlite3.connect("file:run.sqlite?mode=ro", uri=True)`. New
-  journal files are created with mode 0600 (results may hold signed URLs).
-- Cancellation: if the task awaiting a write is cancelled, the write still happens (it is
-  already queued); only the answer is dropped. Operations run in the order they were called.
-- Forgetting `aclose()` loses nothing acknowledged; the writer stops when the `Journal` is
-  garbage-collected or the interpreter exits (it never keeps the process alive).
-- The writer shares the GIL with the event loop: writes slow down only when the loop never
-  idles (the thread then gets the GIL once per switch interval); an engine whose tasks await
-  the network and the journal idles naturally (measured cost: 10-30% of a saturated loop).
+- A `Journal` is bound to the event loop that opened it (another loop gets `JournalError`). One
+  writer thread owns the `sqlite3` connection and runs every operation, reads too (so they see
+  every earlier write); the loop never blocks on SQLite.
+- Group commit: the thread drains the queue, runs it in ONE transaction, commits once, then
+  resolves the batch's futures with one `call_soon_threadsafe`. A `record_*` call that returned
+  is on disk, and thousands of writes per second cost a few fsyncs. Each operation makes at most
+  one change, in one statement, after its checks: a failing one (bad transition, unstorable key)
+  changes nothing and fails alone.
+- Durability: WAL with `synchronous=FULL` by default (every commit fsynced), so a returned
+  `record_intent` survives SIGKILL and power loss. On the dev box 5,000 concurrent writes take
+  ~0.25 s in 2-4 commits in both modes; a lone write 0.3-2 ms with FULL, ~0.1 ms with NORMAL.
+  `synchronous="NORMAL"` survives a process crash but may lose the last commits on power loss
+  (which could mean paying twice for those jobs). A crash never corrupts the file.
+- One run at a time: an open file journal holds an exclusive lock on `<path>-lock` (a tiny file
+  left in place); a second open, in any process, raises `JournalError`. Others may *read* it
+  meanwhile, e.g. `sqlite3.connect("file:run.sqlite?mode=ro", uri=True)` (WAL readers see every
+  acknowledged write). New files are mode 0600 (results may hold signed URLs).
+- A cancelled write still happens (it is queued); only its answer is dropped. Operations run in
+  call order. Forgetting `aclose()` loses nothing acknowledged and never keeps the process alive
+  (the writer is a daemon thread), but the journal stays locked until the process exits.
 """
 
 from __future__ import annotations
@@ -52,10 +36,8 @@ import json
 import math
 import os
 import sqlite3
-import weakref
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, cast, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import anyio
 from attrs import frozen
@@ -70,7 +52,7 @@ __all__ = ["JOB_STATES", "JobState", "Journal", "JournalEntry", "JournalError"]
 JobState = Literal["intent", "submitted", "uncertain", "finished"]
 JOB_STATES: Final[tuple[JobState, ...]] = get_args(JobState)
 
-_SELECT: Final = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"  # noqa: S608 (constant columns)
+_SELECT: Final = f"SELECT {_JOB_COLUMNS} FROM jobs"  # noqa: S608 (constant columns)
 
 
 @frozen
@@ -98,21 +80,16 @@ class Journal:
     """Append-mostly SQLite journal; one writer thread, group commit; safe against SIGKILL.
 
     Use `journal = await Journal.open(path)` and `await journal.aclose()`, or
-    `async with await Journal.open(path) as journal:`. asyncio only (like the rest of the SDK).
+    `async with await Journal.open(path) as journal:`, all in one event loop.
     """
 
     def __init__(self, writer: _Writer) -> None:
         """Private: use `await Journal.open(path)`."""
         self._writer = writer
-        # If the journal is dropped without aclose(), stop the writer anyway.
-        self._finalizer = weakref.finalize(self, writer.request_close, None, None)
 
     @classmethod
     async def open(
-        cls,
-        path: str | os.PathLike[str] | None,
-        *,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        cls, path: str | os.PathLike[str] | None, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
     ) -> Journal:
         """Open (or create) the journal at `path`; None (or ":memory:") keeps it in memory.
 
@@ -123,19 +100,12 @@ class Journal:
         """
         if synchronous not in ("FULL", "NORMAL"):
             raise InvalidInputError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
-        if path is None:
-            database = ":memory:"
-        else:
-            raw = os.fspath(path)
-            database = os.fsdecode(raw)
-            if not database:
-                raise InvalidInputError("journal path must not be empty (use None for in-memory)")
-        writer = _Writer(database, synchronous)
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        writer.start(loop, ready)
+        database = ":memory:" if path is None else os.fsdecode(path)
+        if not database:
+            raise InvalidInputError("journal path must not be empty (use None for in-memory)")
+        writer = _Writer(database, synchronous, asyncio.get_running_loop())
         try:
-            await ready
+            await writer.start()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.close()
@@ -153,39 +123,24 @@ class Journal:
         return self._writer.stopping
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<Journal {self.path or ':memory:'} ({state})>"
+        return f"<Journal {self.path or ':memory:'} ({'closed' if self.closed else 'open'})>"
 
     async def aclose(self) -> None:
         """Commit everything queued, close the database and stop the writer thread. Idempotent.
 
         Shielded from cancellation: it always waits for the writer, so no thread outlives it.
         """
-        self._finalizer.detach()
+        self._bound_loop()
         with anyio.CancelScope(shield=True):
             await self._writer.close()
 
     async def __aenter__(self) -> Journal:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     # -- reads -------------------------------------------------------------------------------
-
-    async def load(self) -> dict[str, JournalEntry]:
-        """Every entry by key, in insertion order (for resuming a run)."""
-
-        def op(conn: sqlite3.Connection, now: float) -> dict[str, JournalEntry]:
-            rows = conn.execute(f"{_SELECT} ORDER BY rowid")
-            return {row[0]: _entry(row) for row in rows}
-
-        return await self._call(op)
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for `key`, or None."""
@@ -193,17 +148,6 @@ class Journal:
         def op(conn: sqlite3.Connection, now: float) -> JournalEntry | None:
             row = conn.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
             return None if row is None else _entry(row)
-
-        return await self._call(op)
-
-    async def counts(self) -> dict[str, int]:
-        """Number of jobs in each state (every state is present, possibly 0)."""
-
-        def op(conn: sqlite3.Connection, now: float) -> dict[str, int]:
-            counts: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
-            for state, n in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-                counts[state] = n
-            return counts
 
         return await self._call(op)
 
@@ -220,27 +164,7 @@ class Journal:
 
         return await self._call(op)
 
-    async def get_meta(self, name: str) -> str | None:
-        """A run metadata value (e.g. CLI arguments, SDK version), or None."""
-
-        def op(conn: sqlite3.Connection, now: float) -> str | None:
-            row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-            return None if row is None else cast(str | None, row[0])
-
-        return await self._call(op)
-
     # -- writes (each is committed before the call returns) ------------------------------------
-
-    async def set_meta(self, name: str, value: str) -> None:
-        """Store a run metadata value (overwrites)."""
-
-        def op(conn: sqlite3.Connection, now: float) -> None:
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
-
-        await self._call(op)
 
     async def record_intent(self, key: str, fingerprint: str, reserve_usd: float = 0.0) -> None:
         """Record that `key` is about to be submitted; durable when this returns.
@@ -275,17 +199,8 @@ class Journal:
         """
         if not task_id:
             raise ValueError(f"record_submitted({key!r}): task_id must not be empty")
-
-        def op(conn: sqlite3.Connection, now: float) -> None:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'submitted', task_id = ?, result = NULL, updated_at = ?"
-                " WHERE key = ? AND state != 'finished'",
-                (task_id, now, key),
-            )
-            if cur.rowcount == 0:
-                raise _transition_error(conn, "record_submitted", key)
-
-        await self._call(op)
+        sql = "UPDATE jobs SET state = 'submitted', task_id = ?, result = NULL, updated_at = ? WHERE key = ?"
+        await self._update("record_submitted", key, sql + " AND state != 'finished'", task_id)
 
     async def record_uncertain(self, key: str, reason: str) -> None:
         """Mark `key` as maybe-created (e.g. after `SubmissionUncertainError`); stores `reason`.
@@ -293,18 +208,9 @@ class Journal:
         Allowed from `intent` and `uncertain`. Raises `ValueError` if `key` has no row or is
         already `submitted` (its task id is known) or `finished`.
         """
-        result = _dumps({"reason": reason})
-
-        def op(conn: sqlite3.Connection, now: float) -> None:
-            cur = conn.execute(
-                "UPDATE jobs SET state = 'uncertain', result = ?, updated_at = ?"
-                " WHERE key = ? AND state IN ('intent', 'uncertain')",
-                (result, now, key),
-            )
-            if cur.rowcount == 0:
-                raise _transition_error(conn, "record_uncertain", key)
-
-        await self._call(op)
+        why = _dumps({"reason": reason})
+        sql = "UPDATE jobs SET state = 'uncertain', result = ?, updated_at = ? WHERE key = ?"
+        await self._update("record_uncertain", key, sql + " AND state IN ('intent', 'uncertain')", why)
 
     async def record_finished(
         self,
@@ -363,10 +269,28 @@ class Journal:
 
     async def _call(self, fn: Callable[[sqlite3.Connection, float], _T]) -> _T:
         """Queue `fn` for the writer thread and wait for its (committed) result."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_T] = loop.create_future()
-        self._writer.submit((fn, loop, fut))
+        fut: asyncio.Future[_T] = self._bound_loop().create_future()
+        self._writer.submit((fn, fut))
         return await fut
+
+    async def _update(self, what: str, key: str, sql: str, value: str) -> None:
+        """A guarded `UPDATE ... SET (value, now) WHERE key AND state check`; explains a miss."""
+
+        def op(conn: sqlite3.Connection, now: float) -> None:
+            if conn.execute(sql, (value, now, key)).rowcount == 0:
+                raise _transition_error(conn, what, key)
+
+        await self._call(op)
+
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, if it is the one that opened the journal (its writer answers there)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._writer.loop:
+            raise JournalError(
+                f"{self!r} belongs to the event loop that opened it and cannot be used from another"
+                " loop: open the journal in the loop that uses it"
+            )
+        return loop
 
 
 def _dumps(value: dict[str, Any]) -> str:
@@ -375,20 +299,13 @@ def _dumps(value: dict[str, Any]) -> str:
 
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    """A row in `_JOB_COLUMNS` order (the order of the fields) as a `JournalEntry`."""
     key, state, fingerprint, task_id, outcome, result, spend, created, updated = row
     if state not in JOB_STATES:
         raise JournalError(f"journal row {key!r} has an unknown state {state!r}")
-    return JournalEntry(
-        key=key,
-        state=state,
-        fingerprint=fingerprint,
-        task_id=task_id,
-        outcome=outcome,
-        result=None if result is None else json.loads(result),
-        spend_usd=float(spend),
-        created_at=float(created or 0.0),
-        updated_at=float(updated or 0.0),
-    )
+    parsed = None if result is None else json.loads(result)
+    times = float(created or 0.0), float(updated or 0.0)
+    return JournalEntry(key, state, fingerprint, task_id, outcome, parsed, float(spend), *times)
 
 
 def _transition_error(conn: sqlite3.Connection, what: str, key: str) -> ValueError:

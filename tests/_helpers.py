@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import gc
 import socket
+import sqlite3
 import struct
 import sys
 import zlib
@@ -29,6 +30,19 @@ ASTRONAUT = (FIXTURES / "astronaut.jpg").read_bytes()
 HOPPER = (FIXTURES / "grace_hopper.jpg").read_bytes()
 GROUP = (FIXTURES / "group-two-faces.jpg").read_bytes()
 COFFEE = (FIXTURES / "coffee-no-face.jpg").read_bytes()
+
+
+def journal_rows(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Every journal row by key, in insertion order, read the way the journal's docstring lets any
+    reader do, even while a run holds the journal: a read-only SQLite connection (WAL readers see
+    every acknowledged write). `result` is the stored JSON text."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.row_factory = sqlite3.Row
+        return {row["key"]: dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY rowid")}
+    finally:
+        conn.close()
+
 
 #: Hang guard for waits on something that normally takes milliseconds. Only a hang reaches it.
 HANG_GUARD = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -314,6 +315,42 @@ async def test_uncertain_jobs_resubmitted_only_with_the_flag(
     forced = [o async for o in client_b.swap_many(jobs(3), journal=journal, resubmit_uncertain=True)]
     assert Counter(o.status for o in forced) == {"skipped": 2, "succeeded": 1}
     assert emu_b.stats.creates == 4
+
+
+async def test_a_rerun_resumes_every_state_a_crash_leaves(
+    client_b: QubicoClient, emu_b: Emulator, tmp_path: Path
+) -> None:
+    """A journal as a run killed mid-batch leaves it, resumed by `swap_many`: job 0 died between
+    its intent and its task id, job 1 between its task id and its result, job 2 had finished.
+
+    The two rows are set back with SQLite, exactly as those crashes leave them (the SIGKILL test
+    below kills a real run, but never inside the intent window); each row keeps its $0.01.
+    """
+    journal = tmp_path / "run.sqlite"
+    first = [o async for o in client_b.swap_many(jobs(3), journal=journal, ordered=True)]
+    assert [o.status for o in first] == ["succeeded"] * 3 and first[1].task is not None
+    conn = sqlite3.connect(journal)
+    try:
+        with conn:
+            unfinished = "outcome = NULL, result = NULL WHERE key = ?"
+            conn.execute(f"UPDATE jobs SET state = 'intent', task_id = NULL, {unfinished}", (first[0].key,))
+            conn.execute(f"UPDATE jobs SET state = 'submitted', {unfinished}", (first[1].key,))
+    finally:
+        conn.close()
+    gets = emu_b.stats.gets
+
+    rerun = [o async for o in client_b.swap_many(jobs(4), journal=journal, budget_usd=0.03, ordered=True)]
+    assert [o.status for o in rerun] == ["uncertain", "succeeded", "skipped", "skipped"]
+    assert "no task id recorded" in rerun[0].reason  # maybe created: not sent again
+    assert rerun[1].task is not None and rerun[1].task.task_id == first[1].task.task_id  # polled
+    assert emu_b.stats.gets > gets
+    assert rerun[2].replayed
+    assert "budget" in rerun[3].reason  # the three rows hold $0.03: a new job does not fit
+    assert emu_b.stats.creates == 3
+
+    forced = [o async for o in client_b.swap_many(jobs(4), journal=journal, resubmit_uncertain=True, ordered=True)]
+    assert [o.status for o in forced] == ["succeeded", "skipped", "skipped", "succeeded"]
+    assert emu_b.stats.creates == 5
 
 
 BATCH_SCRIPT = r"""

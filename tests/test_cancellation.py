@@ -38,7 +38,7 @@ from qubico_async.journal import Journal
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import WebhookHub
 
-from ._helpers import HANG_GUARD, hub_endpoint
+from ._helpers import HANG_GUARD, hub_endpoint, journal_rows
 from .test_batch import FACE, png
 
 pytestmark = pytest.mark.anyio
@@ -208,10 +208,10 @@ async def check_journal(ctx: Ctx) -> None:
     assert "qubico-journal-writer" not in our_threads()
     if not ctx.journal.exists():
         return  # cancelled before the journal was even opened
-    async with await Journal.open(ctx.journal) as journal:  # not locked, not corrupt
-        entries = await journal.load()
-    assert all(e.state != "intent" for e in entries.values()), entries
-    recorded = {e.task_id for e in entries.values() if e.task_id}
+    async with await Journal.open(ctx.journal):  # not locked, not corrupt
+        rows = journal_rows(ctx.journal)
+    assert all(row["state"] != "intent" for row in rows.values()), rows
+    recorded = {row["task_id"] for row in rows.values() if row["task_id"]}
     created = set(ctx.emu.tasks) - ctx.known_tasks
     assert created <= recorded, f"tasks created but not journaled (would be paid twice): {created - recorded}"
 

@@ -1,4 +1,8 @@
-"""The batch journal: transitions, persistence, group commit, loop responsiveness, SIGKILL safety."""
+"""The batch journal: transitions, persistence, group commit, loop responsiveness, SIGKILL safety.
+
+Rows are read back the way any outside reader may (`journal_rows`: a read-only connection), or
+through `get(key)`. What a rerun does with them is tested through `swap_many` in test_batch.py
+and test_money_and_data.py."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +27,8 @@ import anyio.lowlevel
 import pytest
 
 from qubico_async.errors import InvalidInputError, JournalClosedError
-from qubico_async.journal import JOB_STATES, Journal, JournalEntry, JournalError
-from tests._helpers import HANG_GUARD
+from qubico_async.journal import Journal, JournalEntry, JournalError
+from tests._helpers import HANG_GUARD, journal_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -45,6 +50,11 @@ def _without_asyncio_debug() -> Iterator[None]:
 
 async def _finish(journal: Journal, key: str, spend: float, result: dict[str, Any] | None = None) -> None:
     await journal.record_finished(key, "succeeded", result, spend, fingerprint="fp")
+
+
+def _rows(journal: Journal) -> dict[str, dict[str, Any]]:
+    assert journal.path is not None
+    return journal_rows(journal.path)
 
 
 def _writer_threads() -> list[threading.Thread]:
@@ -124,19 +134,19 @@ async def test_record_intent_never_downgrades(journal: Journal) -> None:
     await journal.record_submitted("s", "task-s")
     await journal.record_intent("f", "fp")
     await journal.record_finished("f", "failed", {"error": "no face"}, 0.0)
-    before = await journal.load()
+    before = _rows(journal)
 
     await journal.record_intent("s", "other")
     await journal.record_intent("f", "other")
-    assert await journal.load() == before
+    assert _rows(journal) == before
 
 
 async def test_invalid_transitions_raise_and_change_nothing(journal: Journal) -> None:
     await journal.record_intent("sub", "fp")
     await journal.record_submitted("sub", "task-1")
     await journal.record_finished("fin", "skipped", None, 0.0, fingerprint="fp-fin")  # no row yet: inserted
-    before = await journal.load()
-    assert before["fin"].state == "finished" and before["fin"].fingerprint == "fp-fin"
+    before = _rows(journal)
+    assert before["fin"]["state"] == "finished" and before["fin"]["fingerprint"] == "fp-fin"
 
     with pytest.raises(ValueError, match="no intent was recorded"):
         await journal.record_submitted("nope", "task-x")
@@ -160,7 +170,7 @@ async def test_invalid_transitions_raise_and_change_nothing(journal: Journal) ->
     with pytest.raises(ValueError, match="not JSON compliant"):
         await journal.record_finished("sub", "succeeded", {"x": math.nan}, 0.0)
 
-    assert await journal.load() == before
+    assert _rows(journal) == before
 
 
 async def test_discard_forgets_only_intent_rows(journal: Journal) -> None:
@@ -175,10 +185,10 @@ async def test_discard_forgets_only_intent_rows(journal: Journal) -> None:
     await journal.record_intent("s", "fp")
     await journal.record_submitted("s", "t")
     await journal.record_finished("f", "succeeded", None, 0.01, fingerprint="fp")
-    before = await journal.load()
+    before = _rows(journal)
     for key in ("u", "s", "f"):  # an earlier maybe-created or created task stays on record
         assert await journal.discard(key) is False
-    assert await journal.load() == before
+    assert _rows(journal) == before
 
 
 async def test_finished_can_be_overwritten(journal: Journal) -> None:
@@ -215,7 +225,7 @@ async def test_a_failing_operation_does_not_fail_its_batch(journal: Journal) -> 
             tg.start_soon(intent, key)
     assert outcomes.pop("bad-\ud800") == "error"
     assert set(outcomes.values()) == {"ok"}
-    assert set((await journal.load()).keys()) == set(outcomes)
+    assert set(_rows(journal)) == set(outcomes)
 
 
 async def test_sqlite_failure_raises_journal_error_and_journal_recovers(journal: Journal) -> None:
@@ -247,24 +257,20 @@ async def test_persistence_across_close_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "run.sqlite"
     async with await Journal.open(path) as j:
         assert j.path == str(path)
-        await j.set_meta("args", '["--concurrency", "8"]')
-        await j.set_meta("version", "0.0.1")
-        await j.set_meta("version", "0.1.0")
         for i in range(4):
             await j.record_intent(f"k{i}", f"fp{i}")
         await j.record_submitted("k1", "t1")
         await j.record_uncertain("k2", "reset after send")
         await j.record_submitted("k3", "t3")
         await j.record_finished("k3", "succeeded", {"url": "u"}, 0.01)
-        written = await j.load()
+        before_close = {key: await j.get(key) for key in ("k0", "k1", "k2", "k3")}
+    written = journal_rows(path)
     assert list(written) == ["k0", "k1", "k2", "k3"]
-    assert [e.state for e in written.values()] == ["intent", "submitted", "uncertain", "finished"]
+    assert [row["state"] for row in written.values()] == ["intent", "submitted", "uncertain", "finished"]
 
     async with await Journal.open(str(path)) as j:
-        assert await j.load() == written
-        assert await j.get_meta("version") == "0.1.0"
-        assert await j.get_meta("args") == '["--concurrency", "8"]'
-        assert await j.get_meta("missing") is None
+        assert _rows(j) == written
+        assert {key: await j.get(key) for key in written} == before_close
         await j.record_submitted("k0", "t0")  # a resumed run carries on
     async with await Journal.open(path) as j:
         entry = await j.get("k0")
@@ -277,29 +283,32 @@ async def test_in_memory_journal(tmp_path: Path) -> None:
         await j.record_intent("a", "fp")
         await j.record_submitted("a", "t")
         await j.record_finished("a", "succeeded", {"k": "v"}, 0.01)
-        await j.set_meta("m", "v")
-        assert (await j.load())["a"].result == {"k": "v"}
-        assert await j.counts() == {"intent": 0, "submitted": 0, "uncertain": 0, "finished": 1}
-        assert await j.get_meta("m") == "v"
+        entry = await j.get("a")
+        assert entry is not None and (entry.state, entry.result) == ("finished", {"k": "v"})
+        assert await j.total_spend() == pytest.approx(0.01)
     async with await Journal.open(":memory:") as j:
-        assert await j.load() == {}  # nothing survives
+        assert await j.get("a") is None  # nothing survives
+        assert await j.total_spend() == 0.0
     assert os.listdir(tmp_path) == []
 
 
-async def test_counts_and_total_spend(journal: Journal) -> None:
-    assert await journal.counts() == dict.fromkeys(JOB_STATES, 0)
+async def test_total_spend_counts_spend_and_reservations(journal: Journal) -> None:
     assert await journal.total_spend() == 0.0
     with _without_asyncio_debug():
         async with anyio.create_task_group() as tg:  # concurrent: one fsync per group, not per write
             for i in range(1000):
                 tg.start_soon(_finish, journal, f"f{i}", 0.01)
-    await journal.record_intent("i", "fp")
-    await journal.record_intent("u", "fp")
+    await journal.record_intent("i", "fp", reserve_usd=0.25)  # not finished: its reservation counts
+    await journal.record_intent("i", "fp", reserve_usd=0.125)  # the larger reservation is kept
+    await journal.record_intent("u", "fp", reserve_usd=0.5)
     await journal.record_uncertain("u", "?")
     await journal.record_intent("s", "fp")
     await journal.record_submitted("s", "t")
-    assert await journal.counts() == {"intent": 1, "submitted": 1, "uncertain": 1, "finished": 1000}
-    assert await journal.total_spend() == pytest.approx(10.0, abs=1e-9)
+    states = Counter(row["state"] for row in _rows(journal).values())
+    assert states == {"intent": 1, "submitted": 1, "uncertain": 1, "finished": 1000}
+    assert await journal.total_spend() == pytest.approx(10.75, abs=1e-9)
+    await journal.record_finished("u", "succeeded", None, 0.01)  # settled: the cost replaces it
+    assert await journal.total_spend() == pytest.approx(10.26, abs=1e-9)
 
 
 async def test_file_holds_exactly_what_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,7 +316,6 @@ async def test_file_holds_exactly_what_was_written(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("QUBICO_API_KEY", secret)
     path = tmp_path / "run.sqlite"
     async with await Journal.open(path) as j:
-        await j.set_meta("version", "9.9.9")
         await j.record_intent("job-a", "a" * 64)
         await j.record_submitted("job-a", "task-a")
         await j.record_finished("job-a", "succeeded", {"url": "https://cdn.example/out.png"}, 0.01)
@@ -325,12 +333,7 @@ async def test_file_holds_exactly_what_was_written(tmp_path: Path, monkeypatch: 
     conn = sqlite3.connect(path)
     try:
         schema = {(kind, name) for kind, name in conn.execute("SELECT type, name FROM sqlite_master")}
-        assert schema == {
-            ("table", "jobs"),
-            ("table", "meta"),
-            ("index", "sqlite_autoindex_jobs_1"),
-            ("index", "sqlite_autoindex_meta_1"),
-        }
+        assert schema == {("table", "jobs"), ("index", "sqlite_autoindex_jobs_1")}
         rows = conn.execute("SELECT key, state, fingerprint, task_id, outcome, result, spend_usd FROM jobs").fetchall()
         assert rows == [
             (
@@ -343,7 +346,6 @@ async def test_file_holds_exactly_what_was_written(tmp_path: Path, monkeypatch: 
                 0.01,
             )
         ]
-        assert conn.execute("SELECT name, value FROM meta").fetchall() == [("version", "9.9.9")]
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
@@ -455,10 +457,10 @@ async def test_group_commit_5000_concurrent_intents(tmp_path: Path, synchronous:
                 for i in range(n):
                     tg.start_soon(j.record_intent, f"job-{i}", f"fp-{i}")
         commits = j._writer.commits
-        entries = await j.load()
+        rows = _rows(j)
     print(f"\n{synchronous}: {n} concurrent record_intent in {commits} commits")
-    assert len(entries) == n
-    assert all(e.state == "intent" and e.fingerprint == f"fp-{e.key[4:]}" for e in entries.values())
+    assert len(rows) == n
+    assert all(row["state"] == "intent" and row["fingerprint"] == f"fp-{key[4:]}" for key, row in rows.items())
     # Throughput, counted: grouped, not one fsync per write (the speed follows from the fsync count).
     assert commits <= n // 10
 
@@ -516,7 +518,7 @@ async def test_event_loop_stays_responsive_during_writes(journal: Journal) -> No
     during = [done for done in seen if 0 < done < n]
     lagging = sum(1 for gap in gaps if gap > 0.2)
     print(f"\nheartbeat: {len(seen)} ticks, {len(during)} while writes were in flight, {lagging} gaps over 0.2 s")
-    assert finished == n and len(await journal.load()) == n
+    assert finished == n and len(_rows(journal)) == n
     assert len(during) >= 3  # the loop kept turning while the writes were in flight
 
 
@@ -546,7 +548,8 @@ async def test_cancelled_waiter_still_writes(journal: Journal) -> None:
             tg.start_soon(intent, i)
         await all_queued.wait()
         tg.cancel_scope.cancel()  # every write is queued; all waiters are cancelled
-    assert len(await journal.load()) == 301
+    await journal.get("k0")  # queued after every cancelled write (FIFO): they are committed now
+    assert len(_rows(journal)) == 301
     await journal.record_submitted("k0", "t0")  # still fully usable
     entry = await journal.get("k0")
     assert entry is not None and entry.task_id == "t0"
@@ -566,7 +569,7 @@ async def test_aclose_is_idempotent_and_leaves_no_thread(tmp_path: Path) -> None
         with pytest.raises(JournalClosedError, match="journal is closed"):
             await j.record_intent("k2", "fp")
         with pytest.raises(JournalClosedError):
-            await j.load()
+            await j.get("k")
     assert threading.active_count() == baseline
 
 
@@ -603,17 +606,21 @@ async def test_concurrent_aclose_with_pending_writes(tmp_path: Path) -> None:
     written = results.count("ok")
     assert written + results.count("closed") == 500
     async with await Journal.open(tmp_path / "run.sqlite") as again:
-        assert len(await again.load()) == written  # every acknowledged write, nothing else
+        assert len(_rows(again)) == written  # every acknowledged write, nothing else
 
 
-async def test_dropped_journal_stops_its_writer(tmp_path: Path) -> None:
-    j = await Journal.open(tmp_path / "run.sqlite")
-    await j.record_intent("k", "fp")
-    thread = j._writer._thread
-    del j
-    gc.collect()
-    await anyio.to_thread.run_sync(thread.join, 2.0)
-    assert not thread.is_alive()
+async def test_a_journal_is_bound_to_the_loop_that_opened_it(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path / "run.sqlite") as j:
+
+        async def elsewhere() -> None:
+            for call in (j.record_intent("k", "fp"), j.get("k"), j.total_spend(), j.aclose()):
+                with pytest.raises(JournalError, match="event loop that opened it"):
+                    await call
+
+        await anyio.to_thread.run_sync(asyncio.run, elsewhere())  # a second loop, in another thread
+        assert not j.closed and await j.get("k") is None  # nothing was queued from there
+        await j.record_intent("k", "fp")  # the journal's own loop is unaffected
+    assert _writer_threads() == []
 
 
 # -- crashes (subprocesses) ----------------------------------------------------------------------
@@ -680,37 +687,42 @@ def test_sigkill_loses_nothing_that_was_acknowledged(tmp_path: Path, synchronous
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
-    async def reopen() -> dict[str, JournalEntry]:
+    async def reopen() -> dict[str, dict[str, Any]]:
         async with await Journal.open(path) as j:
-            entries = await j.load()
+            rows = _rows(j)
             await j.record_intent("after-crash", "fp")  # the journal is writable again
-            return entries
+            return rows
 
-    entries = anyio.run(reopen)
+    rows = anyio.run(reopen)
     for kind, key in reported:
-        entry = entries[key]
-        assert entry.fingerprint == "fp-" + key
+        row = rows[key]
+        assert row["fingerprint"] == "fp-" + key
         if kind == "submitted":
-            assert (entry.state, entry.task_id) == ("submitted", "task-" + key)
-    for entry in entries.values():  # no half-state anywhere
-        assert (entry.state, entry.task_id is not None) in {("intent", False), ("submitted", True)}
-        assert entry.fingerprint == "fp-" + entry.key
+            assert (row["state"], row["task_id"]) == ("submitted", "task-" + key)
+    for key, row in rows.items():  # no half-state anywhere
+        assert (row["state"], row["task_id"] is not None) in {("intent", False), ("submitted", True)}
+        assert row["fingerprint"] == "fp-" + key
 
 
 def test_exit_without_aclose_does_not_hang_and_keeps_writes(tmp_path: Path) -> None:
-    path = tmp_path / "run.sqlite"
+    """Two journals never closed: one still referenced at exit, one dropped and collected."""
+    kept, dropped = tmp_path / "kept.sqlite", tmp_path / "dropped.sqlite"
     script = (
-        "import sys, anyio\n"
+        "import gc, sys, anyio\n"
         "from qubico_async.journal import Journal\n"
         "KEEP = []\n"
         "async def main():\n"
         "    journal = await Journal.open(sys.argv[1])\n"
         "    KEEP.append(journal)  # still referenced at exit; aclose() never called\n"
         "    await journal.record_intent('k', 'fp')\n"
+        "    other = await Journal.open(sys.argv[2])\n"
+        "    await other.record_intent('k', 'fp')\n"
+        "    del other  # dropped without aclose()\n"
+        "    gc.collect()\n"
         "anyio.run(main)\n"
     )
-    proc = subprocess.run(  # a hang at exit (a non-daemon writer left running) hits the timeout
-        [sys.executable, "-W", "error", "-c", script, str(path)],
+    proc = subprocess.run(  # a hang at exit (a writer that keeps the process alive) hits the timeout
+        [sys.executable, "-X", "dev", "-W", "error", "-c", script, str(kept), str(dropped)],
         capture_output=True,
         text=True,
         env=_child_env(),
@@ -719,9 +731,10 @@ def test_exit_without_aclose_does_not_hang_and_keeps_writes(tmp_path: Path) -> N
     )
     assert (proc.returncode, proc.stderr) == (0, "")
 
-    async def reopen() -> JournalEntry | None:
-        async with await Journal.open(path) as j:
+    async def reopen(path: Path) -> JournalEntry | None:
+        async with await Journal.open(path) as j:  # the lock died with the process
             return await j.get("k")
 
-    entry = anyio.run(reopen)
-    assert entry is not None and entry.state == "intent"
+    for path in (kept, dropped):
+        entry = anyio.run(reopen, path)
+        assert entry is not None and entry.state == "intent"
