@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +41,7 @@ from qubico_async import (
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import WebhookHub
 
-from ._helpers import HANG_GUARD, free_port, png
+from ._helpers import HANG_GUARD, free_port, journal_rows, png
 from .fault_proxy import FORWARDING_MODES, FaultProxy, Mode
 
 pytestmark = pytest.mark.anyio
@@ -298,15 +297,13 @@ async def test_get_during_the_outage_fails_fast_and_works_again_afterwards(
 # -- a whole batch through a flaky network ------------------------------------------------------------
 
 
-def journal_rows(path: Path) -> dict[str, tuple[str, str | None, str | None]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT key, state, outcome, task_id FROM jobs").fetchall()
-    return {key: (state, outcome, task_id) for key, state, outcome, task_id in rows}
+def journal_states(path: Path) -> dict[str, tuple[str, str | None, str | None]]:
+    return {key: (row["state"], row["outcome"], row["task_id"]) for key, row in journal_rows(path).items()}
 
 
 def assert_journal_matches(outcomes: list[Outcome], journal: Path) -> None:
     """Each job's journal row says what its outcome says."""
-    rows = journal_rows(journal)
+    rows = journal_states(journal)
     for o in outcomes:
         row = rows.get(o.key)
         if o.status == "succeeded":

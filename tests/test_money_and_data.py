@@ -3,7 +3,6 @@ scripted here to misbehave exactly that way. Creates are counted server-side."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from qubico_async import (
 )
 from qubico_async.journal import Journal, JournalError
 
-from ._helpers import serve
+from ._helpers import journal_rows, serve
 from .scripted_service import ScriptedService, envelope, real_task
 
 pytestmark = pytest.mark.anyio
@@ -52,8 +51,7 @@ def jobs(n: int) -> list[FaceSwap]:
 
 
 def journal_states(path: Path) -> Counter[str]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return Counter(state for (state,) in conn.execute("SELECT state FROM jobs"))
+    return Counter(row["state"] for row in journal_rows(path).values())
 
 
 # -- 1. a recorded create answered 307/408/409 is uncertain: journaled, reserved, never re-sent --
