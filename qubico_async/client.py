@@ -73,8 +73,8 @@ class QubicoClient:
         async with QubicoClient() as client:
             task = await client.face_swap("target.jpg", "face.png")
 
-    `transport` replaces the HTTP layer of API calls (e.g. `MockTransport(handler)` in unit
-    tests); retries, redaction and the create's safety rules still apply on top of it.
+    `transport` replaces the HTTP layer of API calls and downloads (e.g. `MockTransport(handler)`
+    in unit tests); retries, redaction and the create's safety rules still apply on top of it.
     `base_url` and `upload_url` default to `QUBICO_BASE_URL` / `QUBICO_UPLOAD_URL` when set (an
     explicit argument wins), else the real service.
     The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
@@ -459,7 +459,8 @@ class QubicoClient:
 
     @property
     def requests_sent(self) -> Mapping[str, int]:
-        """API requests this client sent so far, by kind: `create` (the paid POST) and `read`."""
+        """Requests this client sent so far (every attempt), by kind: `create` (the paid POST),
+        `read` (other API calls) and `download` (result files, from the storage host)."""
         return {str(kind): count for kind, count in self._transport.requests_sent.items()}
 
     def _requests_sent(self) -> Mapping[str, int]:
@@ -528,9 +529,8 @@ class QubicoClient:
     ) -> bytes:
         """The result file's content (streamed, capped at `max_bytes`); `task` may be a batch `Outcome`."""
         url = _result_url(_outcome_task(task))
-        return await _download.fetch_bytes(
-            self._http(), url, retry=self.retry, max_bytes=max_bytes, timeouts=self._transport.timeouts
-        )
+        self._http()  # open, not closed
+        return await _download.fetch_bytes(self._transport, url, max_bytes=max_bytes)
 
     async def download(
         self,
@@ -562,16 +562,15 @@ class QubicoClient:
         url = _result_url(task)
         raw = os.fspath(dest)
         as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
+        self._http()  # open, not closed
         return await _download.fetch_to_file(
-            self._http(),
+            self._transport,
             url,
             Path(raw),
             as_folder=as_folder,
             name_hint=name,
             overwrite=overwrite,
-            retry=self.retry,
             max_bytes=max_bytes,
-            timeouts=self._transport.timeouts,
             extension=extension,
         )
 
