@@ -21,7 +21,7 @@ import attrs
 from ._config import Timeouts
 from ._http import AiohttpTransport, Body, HTTPRequest, HTTPResponse, HTTPTransport, Sink
 from ._http import path as _path
-from ._rate import RateController
+from ._rate import Pacing, Priority, RateController
 from ._redaction import redact_tree
 from ._responses import decode_envelope, download_error, error_for_status, task_envelope, warn_task_with_error
 from ._version import __version__
@@ -90,7 +90,7 @@ class Transport:
         api_key: Secret | None,
         retry: RetryPolicy,
         timeouts: Timeouts,
-        limiter: RateController | None = None,
+        pacing: Pacing | None = None,
         http: HTTPTransport | None = None,
         session: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
@@ -99,7 +99,8 @@ class Transport:
         self._secrets: dict[str, None] = {}  # webhook secrets sent in creates, newest last
         self.retry = retry
         self.timeouts = timeouts
-        self.limiter = limiter or RateController()
+        self.pacing = pacing or Pacing()
+        self.limiter = RateController.from_pacing(self.pacing)
         self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0, "download": 0}
         self._rng = random.Random()
         self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"
@@ -211,16 +212,17 @@ class Transport:
         while True:
             attempt += 1
             if kind != "download":  # the API's pacing (see `download` for why not downloads)
-                await self.limiter.acquire("create" if kind == "create" else "poll", max_wait=self.retry.cap)
+                priority: Priority = "create" if kind == "create" else "poll"
+                await self.limiter.acquire(priority, max_wait=self.pacing.max_wait)
             sent_at = time.time()
             self.requests_sent[kind] += 1
             try:
                 return await once()
             except (TransportError, APIError, MalformedResponseError) as exc:
                 if isinstance(exc, RateLimitError) and kind != "download":
+                    # Paced by `Pacing`'s bound, not the retry policy's (instant retries still pace).
                     pause = exc.retry_after if self.retry.respect_retry_after else None
-                    cap = self.retry.max_retry_after
-                    self.limiter.on_rate_limited(None if pause is None else min(pause, cap))
+                    self.limiter.on_rate_limited(None if pause is None else min(pause, self.pacing.max_wait))
                 retry = self._should_retry(exc, kind, resubmit_uncertain)
                 if retry and attempt < self.retry.max_attempts:
                     delay = self.retry.delay(attempt, retry_after_of(exc), self._rng)

@@ -35,6 +35,7 @@ from ._download import ExtensionPolicy
 from ._http import HTTPTransport
 from ._naming import safe_filename
 from ._payloads import MediaSender, coerce_media, encode_json
+from ._rate import Pacing
 from ._transport import Secret, Transport
 from ._uploads import UploadPolicy
 from .batch import JobLike, Outcome, Prices, Progress
@@ -78,8 +79,9 @@ class QubicoClient:
     `base_url` and `upload_url` default to `QUBICO_BASE_URL` / `QUBICO_UPLOAD_URL` when set (an
     explicit argument wins), else the real service.
     The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
-    is reported at the first request. Inside `async with`, the client owns an
-    `aiohttp.ClientSession` limited to `max_connections`. A `session` you pass in is borrowed:
+    is reported at the first request. `pacing` bounds how API requests slow down after a 429
+    (default `Pacing()`; `Pacing.off()` in tests that script 429 storms). Inside `async with`,
+    the client owns an `aiohttp.ClientSession` limited to `max_connections`. A `session` you pass in is borrowed:
     the client uses it (no `async with` needed) and never closes it.
     """
 
@@ -97,6 +99,7 @@ class QubicoClient:
         webhooks: WebhookHub | None = None,
         transport: HTTPTransport | None = None,
         coordination: Coordination | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
@@ -118,8 +121,15 @@ class QubicoClient:
             timeouts = timeout
         else:
             timeouts = Timeouts(read=timeout or 60.0, total=max(120.0, 2 * (timeout or 60.0)))
+        self.pacing = pacing or Pacing()
+        """How API requests are paced after a 429 (its own bounds: `RetryPolicy.instant()` still paces)."""
         self._transport = Transport(
-            api_key=self._api_key, retry=self.retry, timeouts=timeouts, http=transport, session=self._http
+            api_key=self._api_key,
+            retry=self.retry,
+            timeouts=timeouts,
+            pacing=self.pacing,
+            http=transport,
+            session=self._http,
         )
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session

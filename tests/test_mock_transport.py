@@ -16,6 +16,7 @@ from qubico_async import (
     InsufficientCreditError,
     MalformedResponseError,
     MockTransport,
+    Pacing,
     QubicoClient,
     RateLimitError,
     ResultExpiredError,
@@ -55,7 +56,10 @@ def ok(data: object, code: int = 200) -> HTTPResponse:
 
 
 def client(mock: MockTransport) -> QubicoClient:
-    return QubicoClient(api_key=KEY, base_url="http://127.0.0.1:9", transport=mock, retry=RetryPolicy.instant())
+    """Zero-delay: instant retries and no pacing (these tests are about which requests are retried)."""
+    return QubicoClient(
+        api_key=KEY, base_url="http://127.0.0.1:9", transport=mock, retry=RetryPolicy.instant(), pacing=Pacing.off()
+    )
 
 
 async def test_the_request_carries_the_key_and_the_payload() -> None:
