@@ -1,4 +1,5 @@
-"""Fetching result files: streamed, size-capped, retried, and written atomically."""
+"""Fetching result files: the result URL of a task or outcome, streamed through the client's
+transport (retried, size-capped), and written atomically under a name the bytes agree with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import os
 import secrets
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -16,9 +17,19 @@ import anyio
 from ._config import is_http_url
 from ._naming import safe_filename
 from ._transport import Transport
+from .batch import Outcome
 from .errors import DownloadError, InvalidInputError, OutputExistsError, QubicoError
+from .models import Task
 
-__all__ = ["DEFAULT_MAX_BYTES", "ExtensionPolicy", "fetch_bytes", "fetch_to_file", "sniff_extension"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ExtensionPolicy",
+    "download_result",
+    "download_result_bytes",
+    "fetch_bytes",
+    "fetch_to_file",
+    "sniff_extension",
+]
 
 logger = logging.getLogger("qubico_async")
 
@@ -54,6 +65,66 @@ def sniff_extension(head: bytes) -> str | None:
 def _normal_ext(ext: str) -> str:
     ext = ext.lower()
     return _SAME_EXT.get(ext, ext)
+
+
+async def download_result_bytes(
+    transport: Transport, task: Task | Outcome | str, *, ready: Callable[[], object], max_bytes: int
+) -> bytes:
+    """`QubicoClient.download_bytes`: the result of a task, outcome or URL (`ready()` checks the client)."""
+    url = _result_url(_outcome_task(task))
+    ready()
+    return await fetch_bytes(transport, url, max_bytes=max_bytes)
+
+
+async def download_result(
+    transport: Transport,
+    task: Task | Outcome | str,
+    dest: str | os.PathLike[str],
+    *,
+    ready: Callable[[], object],
+    overwrite: bool,
+    max_bytes: int,
+    extension: ExtensionPolicy,
+) -> Path:
+    """`QubicoClient.download`: a folder `dest` (existing, or ending in a separator) gets a file
+    named after the outcome's key or the task id; otherwise `dest` is the file (see `fetch_to_file`)."""
+    if isinstance(task, Outcome):
+        name: str | None = safe_filename(task.key, fallback=f"job-{task.index}")
+        task = _outcome_task(task)
+    else:
+        name = task.task_id if isinstance(task, Task) else None
+    url = _result_url(task)
+    raw = os.fspath(dest)
+    as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
+    ready()
+    return await fetch_to_file(
+        transport,
+        url,
+        Path(raw),
+        as_folder=as_folder,
+        name_hint=name,
+        overwrite=overwrite,
+        max_bytes=max_bytes,
+        extension=extension,
+    )
+
+
+def _outcome_task(task: Task | Outcome | str) -> Task | str:
+    """The task behind a batch `Outcome` (`InvalidInputError` when the job made none)."""
+    if not isinstance(task, Outcome):
+        return task
+    if task.task is None:
+        raise InvalidInputError(f"job {task.key!r} has no task to download (status: {task.status})")
+    return task.task
+
+
+def _result_url(task: Task | str) -> str:
+    if isinstance(task, Task):
+        url = task.result_url
+        if url is None:
+            raise InvalidInputError(f"task {task.task_id} has no result URL (status: {task.status.value})")
+        return url
+    return task
 
 
 def _check_url(url: str) -> None:

@@ -29,6 +29,7 @@ from .retry import parse_retry_after
 
 __all__ = [
     "decode_envelope",
+    "envelope_data",
     "download_error",
     "error_for_status",
     "short_url",
@@ -128,6 +129,14 @@ def decode_envelope(
         # A 2xx carrying an error envelope without a task: trust the envelope.
         raise error_for_status(code, raw, reason, headers, method, path, redact)
     return parsed
+
+
+def envelope_data(envelope: dict[str, Any], what: str) -> Any:
+    """The envelope's `data`; `MalformedResponseError` (naming `what` was asked) when it has none."""
+    data = envelope.get("data")
+    if data is None:
+        raise MalformedResponseError(f"{what}: response has no data ({str(envelope.get('message'))[:200]!r})")
+    return data
 
 
 def _carries_task(envelope: Mapping[str, Any]) -> bool:
