@@ -10,6 +10,7 @@ import logging as _logging
 from ._config import Timeouts
 from ._download import ExtensionPolicy
 from ._http import HTTPRequest, HTTPResponse, HTTPTransport, MockTransport
+from ._rate import Pacing
 from ._version import __version__
 from .batch import BatchReport, Job, JobLike, Outcome, OutcomeStatus, Prices, Progress
 from .client import QubicoClient
@@ -93,6 +94,7 @@ __all__ = [
     "Outcome",
     "OutcomeStatus",
     "OutputExistsError",
+    "Pacing",
     "PermissionDeniedError",
     "PollPolicy",
     "Prices",

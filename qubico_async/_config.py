@@ -10,16 +10,21 @@ from typing import Any
 import aiohttp
 from attrs import field, frozen, validators
 
+from .errors import InvalidInputError
+
 __all__ = [
     "API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_UPLOAD_URL",
     "Timeouts",
+    "check_base_url",
     "env_api_key",
     "env_base_url",
     "env_upload_url",
     "is_http_url",
     "positive_or_none",
+    "resolve_timeouts",
+    "resolve_urls",
 ]
 
 DEFAULT_BASE_URL = "https://api.piapi.ai"
@@ -46,6 +51,24 @@ def is_http_url(url: str) -> bool:
     return parsed.scheme in ("http", "https") and bool(parsed.netloc)
 
 
+def check_base_url(url: str, what: str) -> str:
+    """`url` without a trailing slash, if it is an http(s) URL; else `InvalidInputError`."""
+    if not is_http_url(url):
+        raise InvalidInputError(f"{what} must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def resolve_urls(base_url: str | None, upload_url: str | None) -> tuple[str, str | None]:
+    """The client's (base_url, upload_url): the arguments, else QUBICO_BASE_URL / QUBICO_UPLOAD_URL,
+    else the real service. With a custom base_url (an emulator, a proxy) uploads go nowhere unless
+    asked for: the real upload host is the default only beside the real API."""
+    base = check_base_url(base_url if base_url is not None else env_base_url(), "base_url")
+    upload = upload_url if upload_url is not None else env_upload_url()
+    if upload is None and base == DEFAULT_BASE_URL:
+        upload = DEFAULT_UPLOAD_URL
+    return base, check_base_url(upload, "upload_url") if upload is not None else None
+
+
 def positive_or_none(_: object, attribute: Any, value: float | None) -> None:
     """An attrs validator: a number > 0, or None for "no limit"."""
     if value is not None and not value > 0:
@@ -67,3 +90,10 @@ class Timeouts:
 
     def to_aiohttp(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.total, sock_connect=self.connect, sock_read=self.read)
+
+
+def resolve_timeouts(timeout: float | Timeouts | None) -> Timeouts:
+    """`Timeouts` as given, or a read timeout in seconds (default 60) with a total of twice it (at least 120)."""
+    if isinstance(timeout, Timeouts):
+        return timeout
+    return Timeouts(read=timeout or 60.0, total=max(120.0, 2 * (timeout or 60.0)))

@@ -1,42 +1,39 @@
-"""Fetching result files: streamed, size-capped, retried, and written atomically."""
+"""Fetching result files: the result URL of a task or outcome, streamed through the client's
+transport (retried, size-capped), and written atomically under a name the bytes agree with."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
-import aiohttp
 import anyio
 
-from ._config import Timeouts, is_http_url
+from ._config import is_http_url
 from ._naming import safe_filename
-from .errors import (
-    APIError,
-    DownloadError,
-    InvalidInputError,
-    MalformedResponseError,
-    OutputExistsError,
-    QubicoError,
-    ResultExpiredError,
-    ServerError,
-    TransportError,
-)
-from .retry import RetryPolicy
+from ._transport import Transport
+from .batch import Outcome
+from .errors import DownloadError, InvalidInputError, OutputExistsError, QubicoError
+from .models import Task
 
-__all__ = ["DEFAULT_MAX_BYTES", "ExtensionPolicy", "fetch_bytes", "fetch_to_file", "sniff_extension"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ExtensionPolicy",
+    "download_result",
+    "download_result_bytes",
+    "fetch_bytes",
+    "fetch_to_file",
+    "sniff_extension",
+]
 
 logger = logging.getLogger("qubico_async")
 
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
-_DEFAULT_TIMEOUTS = Timeouts()
-_CHUNK = 256 * 1024
 _EXT_BY_TYPE = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -70,7 +67,64 @@ def _normal_ext(ext: str) -> str:
     return _SAME_EXT.get(ext, ext)
 
 
-_EXPIRED = "the result at {url} is gone ({status}): results are kept about 3 days after the task finished"
+async def download_result_bytes(
+    transport: Transport, task: Task | Outcome | str, *, ready: Callable[[], object], max_bytes: int
+) -> bytes:
+    """`QubicoClient.download_bytes`: the result of a task, outcome or URL (`ready()` checks the client)."""
+    url = _result_url(_outcome_task(task))
+    ready()
+    return await fetch_bytes(transport, url, max_bytes=max_bytes)
+
+
+async def download_result(
+    transport: Transport,
+    task: Task | Outcome | str,
+    dest: str | os.PathLike[str],
+    *,
+    ready: Callable[[], object],
+    overwrite: bool,
+    max_bytes: int,
+    extension: ExtensionPolicy,
+) -> Path:
+    """`QubicoClient.download`: a folder `dest` (existing, or ending in a separator) gets a file
+    named after the outcome's key or the task id; otherwise `dest` is the file (see `fetch_to_file`)."""
+    if isinstance(task, Outcome):
+        name: str | None = safe_filename(task.key, fallback=f"job-{task.index}")
+        task = _outcome_task(task)
+    else:
+        name = task.task_id if isinstance(task, Task) else None
+    url = _result_url(task)
+    raw = os.fspath(dest)
+    as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
+    ready()
+    return await fetch_to_file(
+        transport,
+        url,
+        Path(raw),
+        as_folder=as_folder,
+        name_hint=name,
+        overwrite=overwrite,
+        max_bytes=max_bytes,
+        extension=extension,
+    )
+
+
+def _outcome_task(task: Task | Outcome | str) -> Task | str:
+    """The task behind a batch `Outcome` (`InvalidInputError` when the job made none)."""
+    if not isinstance(task, Outcome):
+        return task
+    if task.task is None:
+        raise InvalidInputError(f"job {task.key!r} has no task to download (status: {task.status})")
+    return task.task
+
+
+def _result_url(task: Task | str) -> str:
+    if isinstance(task, Task):
+        url = task.result_url
+        if url is None:
+            raise InvalidInputError(f"task {task.task_id} has no result URL (status: {task.status.value})")
+        return url
+    return task
 
 
 def _check_url(url: str) -> None:
@@ -78,59 +132,16 @@ def _check_url(url: str) -> None:
         raise InvalidInputError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
 
 
-async def _stream(
-    session: aiohttp.ClientSession,
-    url: str,
-    retry: RetryPolicy,
-    max_bytes: int,
-    sink: _Sink,
-    timeouts: Timeouts,
-) -> str:
-    """Stream `url` into `sink`, retrying transport errors and 5xx; returns the content type.
+def _content_type(headers: Mapping[str, str]) -> str:
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
-    `timeouts.connect` and `timeouts.read` (the longest silence) apply to each attempt; `total`
-    does not: a large video may take long to arrive, but a stalled transfer never hangs.
-    """
+
+async def _stream(transport: Transport, url: str, max_bytes: int, sink: _Sink) -> str:
+    """Stream `url` into `sink` through the client's transport (its retry loop and error
+    mapping: see `Transport.download`); returns the content type."""
     _check_url(url)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
-    rng = random.Random()
-    attempt = 0
-    while True:
-        attempt += 1
-        sink.reset()
-        try:
-            # No API key here: result URLs live on storage hosts that must never see it.
-            async with session.get(url, allow_redirects=True, max_redirects=5, timeout=timeout) as resp:
-                if resp.status in (404, 410):
-                    raise ResultExpiredError(
-                        _EXPIRED.format(url=_short(url), status=resp.status),
-                        status=resp.status,
-                        url=_short(url),
-                    )
-                if resp.status >= 500:
-                    raise ServerError(f"storage answered {resp.status}", status=resp.status, url=_short(url))
-                if resp.status >= 400:
-                    raise APIError(
-                        f"storage refused the download: HTTP {resp.status}", status=resp.status, url=_short(url)
-                    )
-                declared = resp.content_length
-                if declared is not None and declared > max_bytes:
-                    raise MalformedResponseError(f"result is {declared} bytes; the cap is {max_bytes}")
-                size = 0
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise MalformedResponseError(f"result is larger than the {max_bytes}-byte cap")
-                    await sink.write(chunk)
-                return resp.content_type or ""
-        except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ServerError) as exc:
-            if attempt >= retry.max_attempts:
-                if isinstance(exc, ServerError):
-                    raise
-                raise TransportError(f"download of {_short(url)} failed: {type(exc).__name__}") from None
-            delay = retry.delay(attempt, None, rng)
-            logger.warning("download failed (%s); retry %d in %.2fs", type(exc).__name__, attempt, delay)
-            await anyio.sleep(delay)
+    resp = await transport.download(url, sink.write, restart=sink.reset, max_bytes=max_bytes)
+    return _content_type(resp.headers)
 
 
 class _Sink:
@@ -170,29 +181,21 @@ class _FileSink(_Sink):
         self.file.wrapped.truncate()
 
 
-async def fetch_bytes(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    retry: RetryPolicy,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
-) -> bytes:
+async def fetch_bytes(transport: Transport, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The result's content, streamed into memory (capped at `max_bytes`)."""
     sink = _MemorySink()
-    await _stream(session, url, retry, max_bytes, sink, timeouts)
+    await _stream(transport, url, max_bytes, sink)
     return b"".join(sink.chunks)
 
 
 async def fetch_to_file(
-    session: aiohttp.ClientSession,
+    transport: Transport,
     url: str,
     dest: Path,
     *,
     name_hint: str | None,
     overwrite: bool,
-    retry: RetryPolicy,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
     as_folder: bool = False,
     extension: ExtensionPolicy = "warn",
 ) -> Path:
@@ -223,7 +226,7 @@ async def fetch_to_file(
     try:
         async with await anyio.open_file(tmp, "wb") as file:
             sink = _FileSink(file)
-            content_type = await _stream(session, url, retry, max_bytes, sink, timeouts)
+            content_type = await _stream(transport, url, max_bytes, sink)
         sniffed = sniff_extension(sink.head)
         if is_dir:
             stem = safe_filename(name_hint or Path(urllib.parse.urlsplit(url).path).stem or "result")
@@ -278,9 +281,3 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> None:
 def _url_ext(url: str) -> str:
     ext = Path(urllib.parse.urlsplit(url).path).suffix.lower()
     return ext if ext in (".jpg", ".jpeg", ".png", ".webp", ".mp4") else ".bin"
-
-
-def _short(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    text = f"{parsed.scheme}://{parsed.netloc}{parsed.path}"
-    return text if len(text) <= 120 else text[:117] + "..."

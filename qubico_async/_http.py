@@ -1,9 +1,10 @@
 """The HTTP seam: one request in, one response (or a `TransportError`) out.
 
-`HTTPTransport` is what the retry loop (`_transport.Transport`) sends through. `AiohttpTransport`
-is the real one (the client's session, capped reads, aiohttp errors mapped to `TransportError`
-with `sent` telling whether the request can have left the machine). `MockTransport` answers from
-a function, for unit tests without a server, like httpx's.
+`HTTPTransport` is what the retry loop (`_transport.Transport`) sends through: `send` for API
+calls (the body read whole, capped) and `stream` for result downloads (the body handed on chunk
+by chunk as it arrives). `AiohttpTransport` is the real one (the client's session, capped reads,
+aiohttp errors mapped to `TransportError` with `sent` telling whether the request can have left
+the machine). `MockTransport` answers from a function, for unit tests without a server, like httpx's.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from attrs import field, frozen
 from ._config import Timeouts
 from .errors import MalformedResponseError, TransportError
 
-__all__ = ["AiohttpTransport", "Body", "HTTPRequest", "HTTPResponse", "HTTPTransport", "MockTransport"]
+__all__ = ["AiohttpTransport", "Body", "HTTPRequest", "HTTPResponse", "HTTPTransport", "MockTransport", "Sink"]
 
 _STREAM_BODY_BYTES = 512 * 1024
 """Bodies above this go to aiohttp as a stream: it would otherwise copy them on the event loop."""
+_CHUNK = 256 * 1024
+"""The largest piece `stream` hands to its sink at once."""
+
+Sink = Callable[[bytes], Awaitable[None]]
+"""Where `stream` puts a 2xx body, one chunk after another (e.g. a file being written)."""
 
 
 Body = bytes | tuple[bytes, ...]
@@ -76,11 +82,14 @@ class HTTPRequest:
     headers: Mapping[str, str] = field(factory=dict, repr=False)
     body: Body | None = field(default=None, repr=False)
     """Bytes, or pieces sent one after another (a large body built around media: never joined)."""
+    max_redirects: int = 0
+    """Redirects to follow. 0 for API calls (their key must not follow a redirect elsewhere);
+    downloads of result files follow a few (storage hosts redirect to their CDN)."""
 
 
 @frozen
 class HTTPResponse:
-    """One answer: its status, headers and (capped) body bytes."""
+    """One answer: its status, headers and (capped) body bytes (empty for a 2xx `stream`)."""
 
     status: int
     body: bytes = b""
@@ -94,13 +103,24 @@ class HTTPResponse:
 
 
 class HTTPTransport(Protocol):
-    """Sends one request. Reads at most `max_body` bytes of a 2xx body (more is an error) and at
-    most `max_error_body` of any other (the rest is dropped). Raises `TransportError` when no
-    response came: `sent=False` only when the request provably never left this machine."""
+    """Sends one request. Reads at most `max_body` bytes of a 2xx body (more is a
+    `MalformedResponseError`) and at most `max_error_body` of any other (the rest is dropped).
+    Raises `TransportError` when no (whole) response came: `sent=False` only when the request
+    provably never left this machine."""
 
     async def send(
         self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
-    ) -> HTTPResponse: ...
+    ) -> HTTPResponse:
+        """The answer, its body read whole (API calls)."""
+        ...
+
+    async def stream(
+        self, request: HTTPRequest, sink: Sink, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse:
+        """Like `send`, but a 2xx body goes to `sink` chunk by chunk as it arrives and the returned
+        body is empty (downloads: a video is never held in memory whole). An error status's body
+        is returned as with `send`, and `sink` never called. What `sink` raises propagates as is."""
+        ...
 
 
 class AiohttpTransport:
@@ -113,8 +133,47 @@ class AiohttpTransport:
     async def send(
         self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
     ) -> HTTPResponse:
+        async def read(resp: aiohttp.ClientResponse) -> HTTPResponse:
+            if 200 <= resp.status < 300:
+                raw = await _read_capped(resp, max_body)
+            else:  # an error is classified by its status, whatever the size of its page
+                raw = await _read_capped(resp, max_error_body, truncate=True)
+            return HTTPResponse(resp.status, raw, resp.headers, resp.reason or "")
+
+        return await self._exchange(request, timeouts, read)
+
+    async def stream(
+        self, request: HTTPRequest, sink: Sink, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse:
+        async def read(resp: aiohttp.ClientResponse) -> HTTPResponse:
+            if not 200 <= resp.status < 300:
+                raw = await _read_capped(resp, max_error_body, truncate=True)
+                return HTTPResponse(resp.status, raw, resp.headers, resp.reason or "")
+            declared = resp.content_length
+            if declared is not None and declared > max_body:
+                raise MalformedResponseError(f"response body is {declared} bytes; the cap is {max_body}")
+            size = 0
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > max_body:
+                    raise MalformedResponseError(f"response body larger than the {max_body}-byte cap")
+                try:
+                    await sink(chunk)
+                except Exception as exc:  # e.g. a full disk: the caller's error, not the connection's
+                    raise _SinkFailed(exc) from None
+            return HTTPResponse(resp.status, b"", resp.headers, resp.reason or "")
+
+        return await self._exchange(request, timeouts, read)
+
+    async def _exchange(
+        self,
+        request: HTTPRequest,
+        timeouts: Timeouts,
+        read: Callable[[aiohttp.ClientResponse], Awaitable[HTTPResponse]],
+    ) -> HTTPResponse:
+        """Send `request`, `read` the answer; aiohttp's failures become `TransportError`."""
         body = request.body
-        failure: TransportError | None = None
+        failure: BaseException
         try:
             async with self._session().request(
                 request.method,
@@ -123,13 +182,12 @@ class AiohttpTransport:
                 data=_SlicedBody(body) if body is not None and _sliced(body) else body,
                 headers=dict(request.headers),
                 timeout=timeouts.to_aiohttp(),
-                allow_redirects=False,
+                allow_redirects=request.max_redirects > 0,
+                max_redirects=max(request.max_redirects, 1),
             ) as resp:
-                if 200 <= resp.status < 300:
-                    raw = await _read_capped(resp, max_body)
-                else:  # an error is classified by its status, whatever the size of its page
-                    raw = await _read_capped(resp, max_error_body, truncate=True)
-                return HTTPResponse(resp.status, raw, resp.headers, resp.reason or "")
+                return await read(resp)
+        except _SinkFailed as exc:
+            failure = exc.error
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             failure = TransportError(
                 f"could not connect to {origin(request.url)}: {self._redact(str(exc)) or type(exc).__name__}",
@@ -143,6 +201,14 @@ class AiohttpTransport:
         # Raised outside the handler, so the aiohttp error is not kept as `__context__`: its
         # `request_info` holds the request headers, the API key included.
         raise failure
+
+
+class _SinkFailed(Exception):
+    """Carries what a `stream` sink raised past the aiohttp error mapping, unchanged."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
 
 
 Handler = Callable[[HTTPRequest], "HTTPResponse | Awaitable[HTTPResponse]"]
@@ -170,11 +236,26 @@ class MockTransport:
     async def send(
         self, request: HTTPRequest, *, timeouts: Timeouts, max_body: int, max_error_body: int
     ) -> HTTPResponse:
+        return await self._answer(request, max_body, max_error_body)
+
+    async def stream(
+        self, request: HTTPRequest, sink: Sink, *, timeouts: Timeouts, max_body: int, max_error_body: int
+    ) -> HTTPResponse:
+        """The handler's answer; a 2xx body goes to `sink` in chunks, as it would off the wire."""
+        response = await self._answer(request, max_body, max_error_body)
+        if not 200 <= response.status < 300:
+            return response
+        body = response.body
+        for at in range(0, len(body), _CHUNK):
+            await sink(body[at : at + _CHUNK])
+        return HTTPResponse(response.status, b"", response.headers, response.reason)
+
+    async def _answer(self, request: HTTPRequest, max_body: int, max_error_body: int) -> HTTPResponse:
         self.requests.append(request)
         answer = self._handler(request)
         response = await answer if inspect.isawaitable(answer) else answer
         if 200 <= response.status < 300 and len(response.body) > max_body:
-            raise MalformedResponseError(f"response body larger than {max_body} bytes")
+            raise MalformedResponseError(f"response body larger than the {max_body}-byte cap")
         if not 200 <= response.status < 300 and len(response.body) > max_error_body:
             response = HTTPResponse(response.status, response.body[:max_error_body], response.headers, response.reason)
         return response
@@ -190,7 +271,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int, *, truncate: bool
             if truncate:  # the rest is never read: aiohttp closes the connection instead of reusing it
                 chunks.append(chunk[: len(chunk) - (size - cap)])
                 break
-            raise MalformedResponseError(f"response body larger than {cap} bytes")
+            raise MalformedResponseError(f"response body larger than the {cap}-byte cap")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -201,5 +282,6 @@ def origin(url: str) -> str:
 
 
 def path(url: str) -> str:
+    """The URL's path, without its query: a signed result URL's query is a credential."""
     parts = url.split("/", 3)
-    return "/" + parts[3] if len(parts) == 4 else url
+    return ("/" + parts[3] if len(parts) == 4 else url).split("?", 1)[0].split("#", 1)[0]

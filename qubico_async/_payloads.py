@@ -90,6 +90,14 @@ class MediaSender:
 
         return await self._cache.get_or_upload(digest, send)
 
+    async def upload_source(self, source: object) -> str:
+        """The URL the service can fetch `source` from: a URL as is, local media checked and uploaded."""
+        media = coerce_media(source)
+        if media.is_url:
+            return media.url
+        loaded = await media.load()
+        return await self.upload(loaded, loaded.digest)
+
     async def wire(self, loaded: LoadedMedia, digest: str, policy: UploadPolicy) -> str | InlineMedia:
         """What the service receives for local media: an upload URL, or the content inline."""
         auto_off = self._refused or self._post_upload is None

@@ -1,8 +1,9 @@
-"""One adaptive rate controller per client, shared by creates, polls and uploads.
+"""Pacing of API requests: one adaptive rate controller per client, and `Pacing`, its settings.
 
-It does nothing until the service says 429. Then it pauses everyone for `Retry-After`,
-halves the request rate, and recovers additively (AIMD) while requests succeed. When requests
-must queue, creates go first: polls never starve the work that moves a batch forward.
+The controller, shared by creates, polls and uploads, does nothing until the service says 429.
+Then it pauses everyone for `Retry-After`, halves the request rate, and recovers additively
+(AIMD) while requests succeed. When requests must queue, creates go first: polls never starve
+the work that moves a batch forward. Its bounds are its own (`Pacing`), not the retry policy's.
 """
 
 from __future__ import annotations
@@ -11,17 +12,49 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+from attrs import field, frozen, validators
 
 if TYPE_CHECKING:
     from .coordination import Coordination
 
-__all__ = ["RateController"]
+__all__ = ["Pacing", "RateController"]
 
 Priority = Literal["create", "poll"]
 _DECREASE_EVERY = 1.0  # seconds
+_MAX_PAUSE = 300.0
+"""The longest `Retry-After` pause taken at face value."""
+
+
+def _at_least_min_rate(instance: Any, attribute: Any, value: float) -> None:
+    if value < instance.min_rate:
+        raise ValueError(f"max_rate ({value}) must be at least min_rate ({instance.min_rate})")
+
+
+@frozen
+class Pacing:
+    """How the client paces its API requests once the service has answered 429.
+
+    Nothing is paced before a 429. Then every request waits out the `Retry-After` pause and the
+    request rate is halved (never below `min_rate` per second); it recovers by
+    `increase_per_second` each second while requests succeed, and pacing stops at `max_rate`.
+    A request waits at most `max_wait` seconds for its turn, then is sent anyway (the service
+    answers 429 again if it must). Independent of `RetryPolicy`: `RetryPolicy.instant()` retries
+    without sleeping but still paces. `Pacing.off()` never waits (tests that script 429 storms).
+    Downloads of result files are not paced: they come from another host.
+    """
+
+    max_wait: float = field(default=30.0, validator=validators.ge(0))
+    min_rate: float = field(default=0.5, validator=validators.gt(0))
+    max_rate: float = field(default=1000.0, validator=[validators.gt(0), _at_least_min_rate])
+    increase_per_second: float = field(default=1.0, validator=validators.ge(0))
+
+    @classmethod
+    def off(cls) -> Pacing:
+        """Never wait for a turn: 429s are still counted, and retried by the `RetryPolicy`."""
+        return cls(max_wait=0.0)
 
 
 class RateController:
@@ -35,6 +68,7 @@ class RateController:
         increase_per_second: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """The bounds are `Pacing`'s (see `from_pacing`); `clock` is injectable for tests."""
         self.min_rate = min_rate
         self.max_rate = max_rate
         self.increase_per_second = increase_per_second
@@ -49,6 +83,15 @@ class RateController:
         self.rate_limited = 0
         self.shared: Coordination | None = None
         """coordination hook (issue 14): a 429 pause shared with other processes (monotonic clock)."""
+
+    @classmethod
+    def from_pacing(cls, pacing: Pacing, clock: Callable[[], float] = time.monotonic) -> RateController:
+        return cls(
+            min_rate=pacing.min_rate,
+            max_rate=pacing.max_rate,
+            increase_per_second=pacing.increase_per_second,
+            clock=clock,
+        )
 
     @property
     def limited(self) -> bool:
@@ -92,9 +135,9 @@ class RateController:
         now = self._clock()
         self.rate_limited += 1
         if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, now + min(retry_after, 300.0))
+            self._paused_until = max(self._paused_until, now + min(retry_after, _MAX_PAUSE))
             if self.shared is not None:  # coordination hook (issue 14): pause the other processes too
-                self.shared.pause_for(min(retry_after, 300.0))
+                self.shared.pause_for(min(retry_after, _MAX_PAUSE))
         if self.rate is not None and now - self._last_decrease < _DECREASE_EVERY:
             return  # one decrease per congestion event, not one per 429 of a burst
         observed = self._observed_rate(now)

@@ -1,39 +1,35 @@
 """The one request path: auth header, envelope decoding, error mapping and retries.
 
-Every HTTP call to the task API goes through `Transport.request`. It knows whether the
-request is a read (retry freely) or the paid create (retry only when provably not created).
+Every HTTP call goes through `Transport`: API calls through `request`, result files through
+`download`, sharing one retry loop. It knows whether a request is a read (retry freely; a
+download is a read) or the paid create (retry only when provably not created).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar, cast
 
 import aiohttp
 import aiohttp.payload
 import anyio
+import attrs
 
 from ._config import Timeouts
-from ._http import AiohttpTransport, Body, HTTPRequest, HTTPTransport
+from ._http import AiohttpTransport, Body, HTTPRequest, HTTPResponse, HTTPTransport, Sink
 from ._http import path as _path
-from ._rate import RateController
+from ._rate import Pacing, Priority, RateController
 from ._redaction import redact_tree
+from ._responses import decode_envelope, download_error, error_for_status, task_envelope, warn_task_with_error
 from ._version import __version__
 from .errors import (
     APIError,
-    AuthenticationError,
-    BadRequestError,
     MalformedResponseError,
-    NotFoundError,
-    PermissionDeniedError,
     QubicoError,
     RateLimitError,
-    ServerError,
     SubmissionUncertainError,
     TransportError,
 )
@@ -42,7 +38,6 @@ from .retry import (
     is_retryable_create,
     is_retryable_read,
     is_uncertain_create,
-    parse_retry_after,
     retry_after_of,
 )
 
@@ -57,19 +52,16 @@ _ERROR_BODY_BYTES = 1024 * 1024
 """Of an error response only the start is read: enough for a task the service sends with an error
 status (it is that task), while its message is cut to a few hundred characters anyway."""
 
+_DOWNLOAD_ERROR_BYTES = 64 * 1024
+"""Of a result host's error page only this much is read (its status says what went wrong)."""
+_DOWNLOAD_REDIRECTS = 5
+
 _MAX_SECRETS = 64
 """Webhook secrets remembered per client for redaction (an app normally uses one)."""
-_NOT_JSON = object()
 
-RequestKind = Literal["read", "create"]
-
-_STATUS_CLASSES: dict[int, type[APIError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    429: RateLimitError,
-}
+RequestKind = Literal["read", "create", "download"]
+"""`download`: a result file, from a storage host; retried like a read, not paced (see `download`)."""
+_T = TypeVar("_T")
 
 
 class Secret:
@@ -89,66 +81,6 @@ class Secret:
     __str__ = __repr__
 
 
-_TAGS = re.compile(r"<[^>]+>")
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_SPACE = re.compile(r"\s+")
-
-
-def _describe_body(full: str, reason: str, redact: Callable[[str], str]) -> tuple[str, int | None]:
-    """(message, envelope code) from an (already redacted) error body: JSON envelope, empty, HTML or text.
-
-    Decoded JSON is redacted again (an escaped echo), always before cutting: a secret cut in half
-    would no longer match.
-    """
-    text = full[:4096].strip()
-    if not text:
-        return (reason or "empty response body"), None
-    try:
-        parsed = json.loads(full)
-    except (ValueError, RecursionError):
-        parsed = None
-    if isinstance(parsed, dict):
-        code = parsed.get("code")
-        msg = parsed.get("message") or parsed.get("error") or parsed.get("detail") or reason
-        if isinstance(msg, dict):
-            msg = msg.get("message") or redact(json.dumps(msg))[:200]
-        return redact(str(msg))[:500], code if isinstance(code, int) and not isinstance(code, bool) else None
-    if text.startswith("<") or "<html" in text[:200].lower():
-        title = _TITLE.search(text)
-        words = title.group(1) if title else _TAGS.sub(" ", text)
-        summary = _SPACE.sub(" ", words).strip()[:200]
-        return f"{reason or 'error'} (HTML page, probably from a proxy: {summary!r})", None
-    return _SPACE.sub(" ", text)[:300], None
-
-
-def _error_for_status(
-    status: int,
-    raw: bytes,
-    reason: str,
-    headers: Mapping[str, str],
-    method: str,
-    url: str,
-    redact: Callable[[str], str],
-) -> APIError:
-    # Redacted whole, before any cut. At most 64 KiB (an error status) or 8 MB (an error envelope in a 2xx).
-    full = redact(raw.decode("utf-8", "replace"))
-    message, code = _describe_body(full, reason, redact)
-    cls = _STATUS_CLASSES.get(status) or (ServerError if status >= 500 else APIError)
-    body = full[:1000]
-    kwargs: dict[str, Any] = {"status": status, "code": code, "method": method, "url": url, "body": body}
-    if cls is RateLimitError:
-        return RateLimitError(message, retry_after=_retry_after(headers), **kwargs)
-    return cls(message, **kwargs)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """`parse_retry_after`, but a hostile HTTP-date (a year or UTC offset beyond a C int) is no hint."""
-    try:
-        return parse_retry_after(headers)
-    except (OverflowError, ValueError, TypeError, IndexError):
-        return None
-
-
 class Transport:
     """Sends requests for one client. Holds no session: the client passes its own each time."""
 
@@ -158,7 +90,7 @@ class Transport:
         api_key: Secret | None,
         retry: RetryPolicy,
         timeouts: Timeouts,
-        limiter: RateController | None = None,
+        pacing: Pacing | None = None,
         http: HTTPTransport | None = None,
         session: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
@@ -167,8 +99,9 @@ class Transport:
         self._secrets: dict[str, None] = {}  # webhook secrets sent in creates, newest last
         self.retry = retry
         self.timeouts = timeouts
-        self.limiter = limiter or RateController()
-        self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0}
+        self.pacing = pacing or Pacing()
+        self.limiter = RateController.from_pacing(self.pacing)
+        self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0, "download": 0}
         self._rng = random.Random()
         self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"
         if http is None:
@@ -226,19 +159,70 @@ class Transport:
         `SubmissionUncertainError` (or resends, with `resubmit_uncertain=True`).
         """
         self._remember_secret(request)
+        return await self._retrying(
+            method,
+            url,
+            kind,
+            lambda: self._send_once(method, url, body),
+            fingerprint=fingerprint,
+            request=request,
+            resubmit_uncertain=resubmit_uncertain,
+        )
+
+    async def download(self, url: str, sink: Sink, *, restart: Callable[[], None], max_bytes: int) -> HTTPResponse:
+        """GET a result file into `sink`, retried like a read; returns the answer (its headers).
+
+        `restart()` runs before every attempt, so a retry starts the sink afresh. No API key is
+        sent: result URLs live on storage hosts that must never see it. Redirects are followed
+        (a few). `timeouts.connect` and `timeouts.read` (the longest silence) apply to each
+        attempt, `total` does not: a large video may take long to arrive, but a stalled
+        transfer never hangs. Downloads are not paced by the rate controller: it paces the
+        API's host, and result URLs are on another (a CDN); a storage host's 429 is retried after
+        its `Retry-After` without slowing API calls.
+        """
+        timeouts = attrs.evolve(self.timeouts, total=None)
+        headers = {"User-Agent": self._user_agent, "Accept": "*/*"}
+        request = HTTPRequest("GET", url, headers, max_redirects=_DOWNLOAD_REDIRECTS)
+
+        async def once() -> HTTPResponse:
+            restart()
+            resp = await self._http.stream(
+                request, sink, timeouts=timeouts, max_body=max_bytes, max_error_body=_DOWNLOAD_ERROR_BYTES
+            )
+            logger.debug("GET %s -> %d (download)", _path(url), resp.status)
+            if not 200 <= resp.status < 300:
+                raise download_error(resp.status, resp.headers, url)
+            return resp
+
+        return await self._retrying("GET", url, "download", once)
+
+    async def _retrying(
+        self,
+        method: str,
+        url: str,
+        kind: RequestKind,
+        once: Callable[[], Awaitable[_T]],
+        *,
+        fingerprint: str = "",
+        request: object = None,
+        resubmit_uncertain: bool = False,
+    ) -> _T:
+        """`once()` until it succeeds or the failure is final (see `_should_retry`); each try counted."""
         attempt = 0
         while True:
             attempt += 1
-            await self.limiter.acquire("create" if kind == "create" else "poll", max_wait=self.retry.cap)
+            if kind != "download":  # the API's pacing (see `download` for why not downloads)
+                priority: Priority = "create" if kind == "create" else "poll"
+                await self.limiter.acquire(priority, max_wait=self.pacing.max_wait)
             sent_at = time.time()
             self.requests_sent[kind] += 1
             try:
-                return await self._send_once(method, url, body)
+                return await once()
             except (TransportError, APIError, MalformedResponseError) as exc:
-                if isinstance(exc, RateLimitError):
+                if isinstance(exc, RateLimitError) and kind != "download":
+                    # Paced by `Pacing`'s bound, not the retry policy's (instant retries still pace).
                     pause = exc.retry_after if self.retry.respect_retry_after else None
-                    cap = self.retry.max_retry_after
-                    self.limiter.on_rate_limited(None if pause is None else min(pause, cap))
+                    self.limiter.on_rate_limited(None if pause is None else min(pause, self.pacing.max_wait))
                 retry = self._should_retry(exc, kind, resubmit_uncertain)
                 if retry and attempt < self.retry.max_attempts:
                     delay = self.retry.delay(attempt, retry_after_of(exc), self._rng)
@@ -266,6 +250,8 @@ class Transport:
 
     @staticmethod
     def _should_retry(exc: QubicoError, kind: RequestKind, resubmit_uncertain: bool) -> bool:
+        if kind == "download":  # a read, but an over-the-cap file would be as big the next time
+            return is_retryable_read(exc)
         if kind == "read":
             return is_retryable_read(exc) or isinstance(exc, MalformedResponseError)
         if is_retryable_create(exc):
@@ -282,12 +268,12 @@ class Transport:
         elapsed = (time.monotonic() - started) * 1000
         logger.debug("%s %s -> %d (%.0f ms)", method, _path(url), status, elapsed)
         if not 200 <= status < 300:
-            carried = _task_envelope(raw)
+            carried = task_envelope(raw)
             if carried is None:
-                raise _error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
-            _warn_task_with_error(method, _path(url), f"HTTP {status}", carried, self._redact)
+                raise error_for_status(status, raw, reason, headers, method, _path(url), self._redact)
+            warn_task_with_error(method, _path(url), f"HTTP {status}", carried, self._redact)
             return self._redact_tree(carried, raw)
-        return self._redact_tree(_decode_envelope(raw, reason, headers, method, _path(url), self._redact), raw)
+        return self._redact_tree(decode_envelope(raw, reason, headers, method, _path(url), self._redact), raw)
 
     def _redact_tree(self, value: dict[str, Any], raw: bytes) -> dict[str, Any]:
         """`value` with the API key and webhook secrets replaced in every string value the server sent.
@@ -303,59 +289,3 @@ class Transport:
             return cast(dict[str, Any], redact_tree(value, (key, *self._secrets)))
         except RecursionError:
             raise MalformedResponseError("response nested too deeply") from None
-
-
-def _decode_envelope(
-    raw: bytes, reason: str, headers: Mapping[str, str], method: str, path: str, redact: Callable[[str], str]
-) -> dict[str, Any]:
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError):
-        parsed = _NOT_JSON  # raised below, not here: the decode error's `.doc` is the whole body
-    if parsed is _NOT_JSON:
-        snippet = redact(raw.decode("utf-8", "replace"))[:80]
-        raise MalformedResponseError(f"{method} {path}: response is not JSON ({snippet!r})")
-    if not isinstance(parsed, dict):
-        raise MalformedResponseError(f"{method} {path}: response is not a JSON object")
-    code = parsed.get("code")
-    if isinstance(code, int) and not isinstance(code, bool) and code not in (0, 200) and 400 <= code < 600:
-        if _carries_task(parsed):  # e.g. a create refused for credit: the task exists, failed
-            _warn_task_with_error(method, path, f"envelope code {code}", parsed, redact)
-            return parsed
-        # A 2xx carrying an error envelope without a task: trust the envelope.
-        raise _error_for_status(code, raw, reason, headers, method, path, redact)
-    return parsed
-
-
-def _carries_task(envelope: Mapping[str, Any]) -> bool:
-    """Does the envelope's `data` hold a task (a `task_id`)? Then it IS that task, whatever the code."""
-    data = envelope.get("data")
-    if not isinstance(data, Mapping):
-        return False
-    task_id = data.get("task_id")
-    return isinstance(task_id, (str, int)) and not isinstance(task_id, bool) and task_id != ""
-
-
-def _task_envelope(raw: bytes) -> dict[str, Any] | None:
-    """The envelope of an error-status answer when it carries a task, else None."""
-    if not raw.lstrip().startswith(b"{"):
-        return None
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return parsed if isinstance(parsed, dict) and _carries_task(parsed) else None
-
-
-def _warn_task_with_error(
-    method: str, path: str, what: str, envelope: Mapping[str, Any], redact: Callable[[str], str]
-) -> None:
-    data = envelope["data"]
-    logger.warning(
-        "%s %s answered %s with task %s (status %r): taking it as that task",
-        method,
-        path,
-        what,
-        redact(str(data.get("task_id")))[:64],
-        redact(str(data.get("status")))[:32],
-    )

@@ -11,7 +11,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -21,6 +21,7 @@ from ._media_content import CPU_LOCK, THREAD_THRESHOLD, LoadedMedia
 from ._naming import safe_filename
 
 if TYPE_CHECKING:
+    from ._transport import Transport
     from .coordination import SharedUploads
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "UploadPolicy",
     "content_digest",
     "upload_body",
+    "upload_poster",
 ]
 
 UploadPolicy = Literal["auto", "always", "never"]
@@ -64,6 +66,21 @@ async def upload_body(loaded: LoadedMedia) -> bytes:
     if loaded.size > THREAD_THRESHOLD:
         return await anyio.to_thread.run_sync(build)
     return build()
+
+
+def upload_poster(
+    transport: Transport, upload_url: str, ready: Callable[[], None]
+) -> Callable[[bytes], Awaitable[dict[str, Any]]]:
+    """Sends an upload body to the File Upload API at `upload_url`, after `ready()` (open, keyed).
+
+    Uploads are free and idempotent enough: retried like reads.
+    """
+
+    async def post(body: bytes) -> dict[str, Any]:
+        ready()
+        return await transport.request("POST", upload_url + "/api/ephemeral_resource", body=body)
+
+    return post
 
 
 @define

@@ -1,14 +1,14 @@
-"""QubicoClient: owns the HTTP session and composes transport, requests, media and polling."""
+"""QubicoClient, a thin facade: it holds the settings and composes the modules that do the work.
+
+Session life (`_session`), the request path (`_transport`), media and uploads (`_payloads`,
+`_uploads`), the paid create and its account slot (`_submission`), waiting (`waiting`), batches
+(`_batch_runner`) and downloads (`_download`). None of them imports the client.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import logging
 import os
 import random
-import re
-import time
 import urllib.parse
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,53 +18,34 @@ from typing import Any, Literal
 import aiohttp
 import attrs
 
-from . import _download
 from ._batch_job import BatchServices
-from ._batch_runner import DEFAULT_CONCURRENCY, BatchRun
-from ._config import (
-    DEFAULT_BASE_URL,
-    DEFAULT_UPLOAD_URL,
-    Timeouts,
-    env_api_key,
-    env_base_url,
-    env_upload_url,
-    is_http_url,
-)
+from ._batch_runner import BatchRun
+from ._config import DEFAULT_BASE_URL, DEFAULT_UPLOAD_URL, Timeouts, env_api_key, resolve_timeouts, resolve_urls
 from ._convert import structure_account, structure_task
-from ._download import ExtensionPolicy
+from ._download import DEFAULT_MAX_BYTES, ExtensionPolicy, download_result, download_result_bytes
 from ._http import HTTPTransport
-from ._naming import safe_filename
-from ._payloads import MediaSender, coerce_media, encode_json
+from ._naming import check_task_id
+from ._payloads import MediaSender
+from ._rate import Pacing
+from ._responses import envelope_data
+from ._session import SessionLife
+from ._submission import Submitter
 from ._transport import Secret, Transport
-from ._uploads import UploadPolicy
+from ._uploads import UploadPolicy, upload_poster
 from .batch import JobLike, Outcome, Prices, Progress
-from .coordination import Coordination, Lease, LocalCoordination
-from .errors import (
-    ClientClosedError,
-    InsufficientCreditError,
-    InvalidInputError,
-    MalformedResponseError,
-    MissingApiKeyError,
-    QubicoError,
-    SubmissionUncertainError,
-    TaskFailedError,
-)
+from .coordination import Coordination, LocalCoordination
+from .errors import MissingApiKeyError, TaskFailedError
 from .media import ImageInput, VideoInput
 from .models import AccountInfo, Task, WebhookConfig
 from .polling import PollPolicy
 from .requests import FaceSwap, MultiFaceSwap, Prepared, RequestLike, VideoFaceSwap, coerce_request
 from .retry import RetryPolicy
-from .waiting import wait_for_task
+from .waiting import wait_task
 from .webhooks import WebhookHub
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_URL", "QubicoClient"]
 
 DEFAULT_MAX_CONNECTIONS = 64
-WEBHOOK_FALLBACK_POLL = PollPolicy(initial=10.0, factor=1.5, max_interval=60.0, jitter=0.2)
-"""With webhooks the poll is only a safety net for lost deliveries: slow and cheap."""
-logger = logging.getLogger("qubico_async")
-
-_State = Literal["new", "open", "closed"]
 
 
 class QubicoClient:
@@ -73,14 +54,15 @@ class QubicoClient:
         async with QubicoClient() as client:
             task = await client.face_swap("target.jpg", "face.png")
 
-    `transport` replaces the HTTP layer of API calls (e.g. `MockTransport(handler)` in unit
-    tests); retries, redaction and the create's safety rules still apply on top of it.
+    `transport` replaces the HTTP layer of API calls and downloads (e.g. `MockTransport(handler)`
+    in unit tests); retries, redaction and the create's safety rules still apply on top of it.
     `base_url` and `upload_url` default to `QUBICO_BASE_URL` / `QUBICO_UPLOAD_URL` when set (an
     explicit argument wins), else the real service.
     The API key comes from `api_key`, else `QUBICO_API_KEY`, else `PIAPI_API_KEY`; a missing key
-    is reported at the first request. Inside `async with`, the client owns an
-    `aiohttp.ClientSession` limited to `max_connections`. A `session` you pass in is borrowed:
-    the client uses it (no `async with` needed) and never closes it.
+    is reported at the first request. `pacing` bounds how API requests slow down after a 429
+    (default `Pacing()`; `Pacing.off()` in tests that script 429 storms). Inside `async with`,
+    the client owns an `aiohttp.ClientSession` limited to `max_connections`. A `session` you
+    pass in is borrowed: the client uses it (no `async with` needed) and never closes it.
     """
 
     def __init__(
@@ -97,68 +79,56 @@ class QubicoClient:
         webhooks: WebhookHub | None = None,
         transport: HTTPTransport | None = None,
         coordination: Coordination | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise InvalidInputError("max_connections must be at least 1 (aiohttp's 0 means unlimited)")
+        self._life = SessionLife(session, max_connections)
         key = api_key if api_key is not None else env_api_key()
         self._api_key = Secret(key) if key else None
-        if base_url is None:
-            base_url = env_base_url()
-        if upload_url is None:
-            upload_url = env_upload_url()
-        self.base_url = _check_base_url(base_url, "base_url")
-        if upload_url is None and self.base_url == DEFAULT_BASE_URL:
-            upload_url = DEFAULT_UPLOAD_URL
-        # With a custom base_url (an emulator, a proxy) uploads go nowhere unless asked for.
-        self.upload_url = _check_base_url(upload_url, "upload_url") if upload_url is not None else None
+        self.base_url, self.upload_url = resolve_urls(base_url, upload_url)
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
-        if isinstance(timeout, Timeouts):
-            timeouts = timeout
-        else:
-            timeouts = Timeouts(read=timeout or 60.0, total=max(120.0, 2 * (timeout or 60.0)))
+        self.pacing = pacing or Pacing()
+        """How API requests are paced after a 429 (its own bounds: `RetryPolicy.instant()` still paces)."""
         self._transport = Transport(
-            api_key=self._api_key, retry=self.retry, timeouts=timeouts, http=transport, session=self._http
+            api_key=self._api_key,
+            retry=self.retry,
+            timeouts=resolve_timeouts(timeout),
+            pacing=self.pacing,
+            http=transport,
+            session=self._http,
         )
-        self._borrowed = session
-        self._session: aiohttp.ClientSession | None = session
-        self._state: _State = "new"
         self._rng = random.Random()
         self.webhooks = webhooks
+        """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
         if webhooks is not None:
             self._transport.add_secret(webhooks.secret)
-        """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
-        self._media = MediaSender(self._post_upload if self.upload_url is not None else None)
+        poster = upload_poster(self._transport, self.upload_url, self._ready) if self.upload_url is not None else None
+        self._media = MediaSender(poster)
         # coordination hook (issue 14): one place wires the shared limit, hub, 429 pause and uploads.
         self.coordination: Coordination = coordination if coordination is not None else LocalCoordination()
         """Shares the account limit, webhook results, 429 pauses and uploads between processes."""
         self.coordination.bind(key)
         self._transport.limiter.shared = self.coordination
         self._media._cache.shared = self.coordination.upload_cache
-        self._limit: int | None = None
-        self._limit_lock = asyncio.Lock()
-        self._leases: dict[str, tuple[Lease, asyncio.TimerHandle | None]] = {}
+        self._submitter = Submitter(
+            request=self._request,
+            coordination=self.coordination,
+            account_info=self.account_info,
+            poll=lambda: self.poll,
+        )
         if webhooks is not None:
             webhooks.coordinate(self.coordination)
-            webhooks.on_terminal(self._seen_terminal)
+            webhooks.on_terminal(self._submitter.seen_terminal)
 
     def __repr__(self) -> str:
-        state = "closed" if self._state == "closed" else ("open" if self._session is not None else "new")
         key = "set" if self._api_key is not None else "missing"
-        return f"<QubicoClient base_url={self.base_url!r} api_key={key} state={state}>"
+        return f"<QubicoClient base_url={self.base_url!r} api_key={key} state={self._life.describe()}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> QubicoClient:
-        if self._state == "closed":
-            raise ClientClosedError("this QubicoClient was closed; create a new one")
-        if self._state == "open":
-            raise ClientClosedError("this QubicoClient is already open; enter it only once")
-        if self._borrowed is None:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
-            self._session = aiohttp.ClientSession(connector=connector)
-        self._state = "open"
+        self._life.open()
         await self.coordination.start()  # coordination hook (issue 14)
         return self
 
@@ -169,40 +139,30 @@ class QubicoClient:
 
     async def aclose(self) -> None:
         """Close the owned session (a borrowed one stays open). Further use raises `ClientClosedError`."""
-        if self._state == "closed":
+        if self._life.state == "closed":
             return
-        self._state = "closed"
-        session, self._session = self._session, None
-        for lease, timer in self._leases.values():  # coordination hook (issue 14)
-            lease.release()
-            if timer is not None:
-                timer.cancel()
-        self._leases.clear()
+        owned = self._life.end()
+        self._submitter.release_all()  # coordination hook (issue 14)
         try:
             await self.coordination.aclose()
         finally:
-            if session is not None and self._borrowed is None:
-                await session.close()
+            if owned is not None:
+                await owned.close()
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._state == "closed":
-            raise ClientClosedError("this QubicoClient is closed")
-        session = self._session
-        if session is None:
-            raise ClientClosedError("QubicoClient is not open: use `async with QubicoClient(...) as client:`")
-        if session.closed:
-            raise ClientClosedError("the aiohttp session used by this QubicoClient is closed")
-        return session
+        """The session, if the client is open (else `ClientClosedError`)."""
+        return self._life.get()
 
-    def _require_key(self) -> None:
+    def _ready(self) -> None:
+        """Open, not closed, and keyed: what every API request needs (else a typed error)."""
+        self._http()
         if self._api_key is None:
             raise MissingApiKeyError(
                 "no API key: pass QubicoClient(api_key=...) or set QUBICO_API_KEY (or PIAPI_API_KEY)"
             )
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        self._http()  # open, not closed
-        self._require_key()
+        self._ready()
         return await self._transport.request(method, self.base_url + path, **kwargs)
 
     # -- tasks -------------------------------------------------------------------------------
@@ -227,94 +187,12 @@ class QubicoClient:
         if webhook is not None:
             request = attrs.evolve(coerce_request(request), webhook=webhook)
         prepared = await self._prepare(request, upload)
-        return await self._create(prepared, resubmit_uncertain=resubmit_uncertain)
+        return await self._submitter.create(prepared, resubmit_uncertain=resubmit_uncertain)
 
     async def _prepare(self, request: RequestLike, upload: UploadPolicy) -> Prepared:
         """Check and load the media (each file read once), then build the wire payload."""
-        self._http()
-        self._require_key()
+        self._ready()
         return await self._media.prepare(request, upload)
-
-    async def _acquire_slot(self) -> Lease:
-        """coordination hook (issue 14): one account-wide slot (no-op without a shared coordination)."""
-        if isinstance(self.coordination, LocalCoordination):
-            return await self.coordination.acquire(1)
-        async with self._limit_lock:  # the account's limit, asked once
-            if self._limit is None:
-                limit = getattr(self.coordination, "limit", None)
-                if limit is None:
-                    try:
-                        info = await self.account_info()
-                        limit = info.max_image_toolkit_concurrency or info.max_concurrent_task_count
-                    except QubicoError:
-                        limit = None
-                self._limit = limit or DEFAULT_CONCURRENCY
-        return await self.coordination.acquire(self._limit)
-
-    def _hold(self, task: Task | None, lease: Lease, hold_for: float) -> None:
-        """Keep `lease` until the task is seen terminal, at most `hold_for` seconds."""
-        if task is None:  # uncertain: it may run; the slot is held for its deadline
-            asyncio.get_running_loop().call_later(hold_for, lease.release)
-            return
-        if task.status.is_terminal:
-            lease.release()
-            return
-        timer = asyncio.get_running_loop().call_later(hold_for, self._seen_terminal, task)
-        self._leases[task.task_id] = (lease, timer)
-
-    def _seen_terminal(self, task: Task) -> None:
-        held = self._leases.pop(task.task_id, None)
-        if held is not None:
-            held[0].release()
-            if held[1] is not None:
-                held[1].cancel()
-
-    async def _create(self, prepared: Prepared, resubmit_uncertain: bool = False, lease: Lease | None = None) -> Task:
-        """The paid POST: sent once unless the failure proves no task was created.
-
-        With a shared coordination, the POST holds an account-wide slot (`lease`, else one is
-        taken here) until the task is seen terminal.
-        """
-        if lease is None:
-            lease = await self._acquire_slot()
-        hold_for = self.poll.timeout_for(None, model=prepared.request.model) or 3600.0
-        try:
-            task = await self._create_unleased(prepared, resubmit_uncertain)
-        except (SubmissionUncertainError, TaskFailedError) as exc:
-            self._hold(exc.task if isinstance(exc, TaskFailedError) else None, lease, hold_for)
-            raise
-        except BaseException:
-            lease.release()
-            raise
-        self._hold(task, lease, hold_for)
-        return task
-
-    async def _create_unleased(self, prepared: Prepared, resubmit_uncertain: bool) -> Task:
-        body = await encode_json(prepared.payload)
-        sent_at = time.time()
-        envelope = await self._request(
-            "POST",
-            "/api/v1/task",
-            body=body,
-            kind="create",
-            fingerprint=prepared.identity,
-            request=prepared.request,
-            resubmit_uncertain=resubmit_uncertain,
-        )
-        try:
-            task = structure_task(_data(envelope, "create task"))
-        except MalformedResponseError as exc:
-            # The service said yes but we cannot read the task: it probably exists and is paid for.
-            raise SubmissionUncertainError(
-                f"the task was probably created but its id is unreadable ({exc})",
-                fingerprint=prepared.identity,
-                sent_at=sent_at,
-                request=prepared.request,
-                cause=exc,
-            ) from exc
-        if task.status.is_terminal and not task.status.is_success:  # failed at birth: never resent
-            raise InsufficientCreditError(task) if _is_credit_refusal(task) else TaskFailedError(task)
-        return task
 
     async def get_task(self, task_id: str) -> Task:
         """The task's current state (one GET, retried on transient failures).
@@ -323,10 +201,10 @@ class QubicoClient:
         anything else raises `InvalidInputError` and sends nothing, so an id such as `..` can
         never turn into a request for another path.
         """
-        path = "/api/v1/task/" + urllib.parse.quote(_check_task_id(task_id), safe="")
-        task = structure_task(_data(await self._request("GET", path), "get task"))
+        path = "/api/v1/task/" + urllib.parse.quote(check_task_id(task_id), safe="")
+        task = structure_task(envelope_data(await self._request("GET", path), "get task"))
         if task.status.is_terminal:
-            self._seen_terminal(task)  # coordination hook (issue 14): the slot is free again
+            self._submitter.seen_terminal(task)  # coordination hook (issue 14): the slot is free again
         return task
 
     async def wait(
@@ -345,44 +223,15 @@ class QubicoClient:
         `WaitTimeoutError` after `timeout` seconds (default: the poll policy's); the remote task
         is not cancelled. Cancelling the caller stops waiting at once and leaves nothing behind.
         """
-        last = task if isinstance(task, Task) else None
-        if last is not None and last.status.is_terminal:
-            return last
-        task_id = _check_task_id(task.task_id if isinstance(task, Task) else task)  # before any wait
-        if via not in ("poll", "webhook"):
-            raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
-        policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else self.poll)
-        if last is None and timeout is None and via == "poll":
-            last = await self.get_task(task_id)  # the first poll, early: a video gets the video deadline
-            if last.status.is_terminal:
-                if self.webhooks is not None:
-                    self.webhooks.resolve(last)
-                return last
-        if timeout is None:
-            timeout = (poll if poll is not None else self.poll).timeout_for(last)
-        hub = self.webhooks
-        if via == "webhook":
-            if last is not None and last.config.webhook is None:
-                logger.warning(
-                    "task %s was created without a webhook: only the slow fallback poll will see it", task_id
-                )
-            if hub is None:
-                raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
-        intervals = policy.intervals(self._rng)
-        waits = intervals if last is not None or via == "webhook" else itertools.chain([0.0], intervals)
-
-        def resolve_terminal(task: Task, _: float) -> None:
-            if hub is not None and task.status.is_terminal:
-                hub.resolve(task)  # other waiters on this task learn it too
-
-        return await wait_for_task(
-            task_id,
+        return await wait_task(
+            task,
             self.get_task,
-            waits,
+            default_poll=self.poll,
+            poll=poll,
             timeout=timeout,
-            last=last,
-            hub=hub if via == "webhook" else None,
-            on_seen=resolve_terminal,
+            via=via,
+            hub=self.webhooks,
+            rng=self._rng,
         )
 
     async def run(
@@ -455,18 +304,13 @@ class QubicoClient:
 
     async def account_info(self) -> AccountInfo:
         """Balance, plan and concurrency limit of the API key's account."""
-        return structure_account(_data(await self._request("GET", "/account/info"), "account info"))
+        return structure_account(envelope_data(await self._request("GET", "/account/info"), "account info"))
 
     @property
     def requests_sent(self) -> Mapping[str, int]:
-        """API requests this client sent so far, by kind: `create` (the paid POST) and `read`."""
+        """Requests this client sent so far (every attempt), by kind: `create` (the paid POST),
+        `read` (other API calls) and `download` (result files, from the storage host)."""
         return {str(kind): count for kind, count in self._transport.requests_sent.items()}
-
-    def _requests_sent(self) -> Mapping[str, int]:
-        return {
-            "create": self._transport.requests_sent["create"],
-            "other": self._transport.requests_sent["read"],
-        }
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -500,11 +344,11 @@ class QubicoClient:
         services = BatchServices(
             poll=self.poll,
             prepare=self._prepare,
-            create=self._create,
-            acquire_slot=self._acquire_slot,
+            create=self._submitter.create,
+            acquire_slot=self._submitter.acquire_slot,
             get_task=self.get_task,
             account_info=self.account_info,
-            requests_sent=self._requests_sent,
+            requests_sent=lambda: {"create": self.requests_sent["create"], "other": self.requests_sent["read"]},
             hub=self.webhooks,
         )
         return BatchRun(
@@ -523,14 +367,9 @@ class QubicoClient:
 
     # -- results -------------------------------------------------------------------------------
 
-    async def download_bytes(
-        self, task: Task | Outcome | str, *, max_bytes: int = _download.DEFAULT_MAX_BYTES
-    ) -> bytes:
+    async def download_bytes(self, task: Task | Outcome | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         """The result file's content (streamed, capped at `max_bytes`); `task` may be a batch `Outcome`."""
-        url = _result_url(_outcome_task(task))
-        return await _download.fetch_bytes(
-            self._http(), url, retry=self.retry, max_bytes=max_bytes, timeouts=self._transport.timeouts
-        )
+        return await download_result_bytes(self._transport, task, ready=self._http, max_bytes=max_bytes)
 
     async def download(
         self,
@@ -538,7 +377,7 @@ class QubicoClient:
         dest: str | os.PathLike[str],
         *,
         overwrite: bool = False,
-        max_bytes: int = _download.DEFAULT_MAX_BYTES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         extension: ExtensionPolicy = "warn",
     ) -> Path:
         """Save the result to `dest` and return the path.
@@ -552,26 +391,16 @@ class QubicoClient:
         nothing written). Written to a temporary file beside it and renamed into place, so it
         never holds a partial file. An existing file is kept unless `overwrite`
         (`OutputExistsError`, also a `FileExistsError`); other local failures raise
-        `DownloadError`. Results expire about 3 days after the task finished.
+        `DownloadError`. Results expire about 3 days after the task finished. Retried like a
+        GET; the storage host never sees the API key.
         """
-        if isinstance(task, Outcome):
-            name: str | None = safe_filename(task.key, fallback=f"job-{task.index}")
-            task = _outcome_task(task)
-        else:
-            name = task.task_id if isinstance(task, Task) else None
-        url = _result_url(task)
-        raw = os.fspath(dest)
-        as_folder = raw.endswith(("/", os.sep) + ((os.altsep,) if os.altsep else ()))
-        return await _download.fetch_to_file(
-            self._http(),
-            url,
-            Path(raw),
-            as_folder=as_folder,
-            name_hint=name,
+        return await download_result(
+            self._transport,
+            task,
+            dest,
+            ready=self._http,
             overwrite=overwrite,
-            retry=self.retry,
             max_bytes=max_bytes,
-            timeouts=self._transport.timeouts,
             extension=extension,
         )
 
@@ -583,70 +412,4 @@ class QubicoClient:
         Checked like any input first. The same bytes are uploaded once per client; the URL is
         reused for 23 hours. Needs the Creator plan or higher (`InsufficientPlanError` otherwise).
         """
-        media = coerce_media(source)
-        if media.is_url:
-            return media.url
-        loaded = await media.load()
-        return await self._media.upload(loaded, loaded.digest)
-
-    async def _post_upload(self, body: bytes) -> dict[str, Any]:
-        self._http()
-        self._require_key()
-        assert self.upload_url is not None
-        # Uploads are free and idempotent enough: retried like reads.
-        return await self._transport.request("POST", self.upload_url + "/api/ephemeral_resource", body=body)
-
-
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
-
-
-def _check_task_id(task_id: object) -> str:
-    """`task_id` if it is safe to put in a URL path, else `InvalidInputError` (nothing is sent)."""
-    if not isinstance(task_id, str) or _TASK_ID.fullmatch(task_id) is None:
-        shown = repr(task_id)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise InvalidInputError(
-            f"invalid task id {shown}: expected 1-200 characters of letters, digits, '_' and '-' "
-            "(the service's ids are UUIDs)"
-        )
-    return task_id
-
-
-def _check_base_url(url: str, what: str) -> str:
-    if not is_http_url(url):
-        raise InvalidInputError(f"{what} must be an http(s) URL, got {url!r}")
-    return url.rstrip("/")
-
-
-def _data(envelope: dict[str, Any], what: str) -> Any:
-    data = envelope.get("data")
-    if data is None:
-        raise MalformedResponseError(f"{what}: response has no data ({str(envelope.get('message'))[:200]!r})")
-    return data
-
-
-_CREDIT_CAUSE = re.compile(r"credit|quota|balance", re.IGNORECASE)
-
-
-def _is_credit_refusal(task: Task) -> bool:
-    """A task failed at birth because the account cannot pay for it (piapi-api.md §18)."""
-    err = task.error
-    return err is not None and bool(_CREDIT_CAUSE.search(f"{err.message} {err.raw_message}"))
-
-
-def _outcome_task(task: Task | Outcome | str) -> Task | str:
-    """The task behind a batch `Outcome` (`InvalidInputError` when the job made none)."""
-    if not isinstance(task, Outcome):
-        return task
-    if task.task is None:
-        raise InvalidInputError(f"job {task.key!r} has no task to download (status: {task.status})")
-    return task.task
-
-
-def _result_url(task: Task | str) -> str:
-    if isinstance(task, Task):
-        url = task.result_url
-        if url is None:
-            raise InvalidInputError(f"task {task.task_id} has no result URL (status: {task.status.value})")
-        return url
-    return task
+        return await self._media.upload_source(source)

@@ -10,7 +10,9 @@ The rules, in one place:
   the service sends only for a request it refused outright: 400 (invalid input), 401 (no or bad
   key), 402 (payment required) and 403 (not allowed for this account/plan). Anything else (a
   404 or 409 from a proxy, 307, 408, 5xx, a cut connection, an unreadable 2xx) is uncertain;
-- reads retry nothing else: 400, 401, 403 and 404 are final.
+- reads retry nothing else: 400, 401, 403 and 404 are final;
+- a download of a result file is a read, with the same rules (a file over the size cap is not
+  fetched again: it would be as big the next time).
 """
 
 from __future__ import annotations

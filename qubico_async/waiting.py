@@ -1,5 +1,8 @@
 """Waiting for a task to finish: the one poll loop, used by `wait()`, webhook waits and batches.
 
+`wait_task` is `QubicoClient.wait` (which policy, which deadline, poll or webhook); the loop
+below it is shared.
+
 Every waiter follows the same rules: a GET after each wait of its schedule; transient poll
 errors (transport, 5xx, 429) are logged and polling goes on (after the server's `Retry-After`);
 any other error ends the wait; the deadline is a cancel scope and raises `WaitTimeoutError`
@@ -12,18 +15,31 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 
+from ._naming import check_task_id
 from ._webhook_hub import TaskRouter
-from .errors import RateLimitError, ServerError, TransportError, WaitTimeoutError
+from .errors import InvalidInputError, RateLimitError, ServerError, TransportError, WaitTimeoutError
 from .models import Task
+from .polling import PollPolicy
 
-__all__ = ["TRANSIENT_POLL_ERRORS", "poll_until_terminal", "wait_first", "wait_for_task"]
+__all__ = [
+    "TRANSIENT_POLL_ERRORS",
+    "WEBHOOK_FALLBACK_POLL",
+    "poll_until_terminal",
+    "wait_first",
+    "wait_for_task",
+    "wait_task",
+]
 
 logger = logging.getLogger("qubico_async")
+
+WEBHOOK_FALLBACK_POLL = PollPolicy(initial=10.0, factor=1.5, max_interval=60.0, jitter=0.2)
+"""With webhooks the poll is only a safety net for lost deliveries: slow and cheap."""
 
 TRANSIENT_POLL_ERRORS = (TransportError, ServerError, RateLimitError)
 """Poll errors a waiter logs and outlives: the task exists (and may be paid for)."""
@@ -31,6 +47,58 @@ TRANSIENT_POLL_ERRORS = (TransportError, ServerError, RateLimitError)
 GetTask = Callable[[str], Awaitable[Task]]
 OnSeen = Callable[[Task, float], None]
 """Called with every state a poll returned and the monotonic time the poll was sent."""
+
+
+async def wait_task(
+    task: Task | str,
+    get_task: GetTask,
+    *,
+    default_poll: PollPolicy,
+    poll: PollPolicy | None,
+    timeout: float | None,
+    via: str,
+    hub: TaskRouter | None,
+    rng: random.Random,
+) -> Task:
+    """`QubicoClient.wait`: `via="poll"` polls on `poll` (else `default_poll`); `via="webhook"`
+    races `hub`'s deliveries against a slow fallback poll. A terminal `task` is returned as is.
+    Without a `timeout`, the first poll comes at once, so a video gets the video deadline."""
+    last = task if isinstance(task, Task) else None
+    if last is not None and last.status.is_terminal:
+        return last
+    task_id = check_task_id(task.task_id if isinstance(task, Task) else task)  # before any wait
+    if via not in ("poll", "webhook"):
+        raise InvalidInputError(f"via must be 'poll' or 'webhook', got {via!r}")
+    policy = poll or (WEBHOOK_FALLBACK_POLL if via == "webhook" else default_poll)
+    if last is None and timeout is None and via == "poll":
+        last = await get_task(task_id)  # the first poll, early: a video gets the video deadline
+        if last.status.is_terminal:
+            if hub is not None:
+                hub.resolve(last)
+            return last
+    if timeout is None:
+        timeout = (poll if poll is not None else default_poll).timeout_for(last)
+    if via == "webhook":
+        if last is not None and last.config.webhook is None:
+            logger.warning("task %s was created without a webhook: only the slow fallback poll will see it", task_id)
+        if hub is None:
+            raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
+    intervals = policy.intervals(rng)
+    waits = intervals if last is not None or via == "webhook" else itertools.chain([0.0], intervals)
+
+    def resolve_terminal(task: Task, _: float) -> None:
+        if hub is not None and task.status.is_terminal:
+            hub.resolve(task)  # other waiters on this task learn it too
+
+    return await wait_for_task(
+        task_id,
+        get_task,
+        waits,
+        timeout=timeout,
+        last=last,
+        hub=hub if via == "webhook" else None,
+        on_seen=resolve_terminal,
+    )
 
 
 async def poll_until_terminal(task_id: str, get_task: GetTask, waits: Iterable[float], on_seen: OnSeen) -> Task:

@@ -249,7 +249,7 @@ async def test_cancel_at_any_point_leaves_nothing_behind(
         async with client:
             if prepare is not None:
                 await prepare(client, ctx)
-            session = client._session
+            session = client._http()
             assert session is not None
             connector = session.connector
             assert connector is not None

@@ -66,11 +66,16 @@ class Storage:
         return resp
 
 
+async def _to_storage(request: web.Request) -> web.Response:
+    raise web.HTTPFound(f"/r/{request.match_info['name']}")  # a CDN in front of the storage host
+
+
 @pytest.fixture
 async def storage() -> AsyncIterator[tuple[Storage, str]]:
     store = Storage()
     app = web.Application()
     app.router.add_get("/r/{name}", store.serve)
+    app.router.add_get("/cdn/{name}", _to_storage)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -99,6 +104,15 @@ async def test_download_to_file_and_folder(client: QubicoClient, storage: tuple[
     in_folder = await client.download(_task(f"{base}/x.png"), tmp_path)
     assert in_folder == tmp_path / "task-123.png"  # named after the task and the content type
     assert _leftovers(tmp_path) == []
+
+
+async def test_a_result_url_that_redirects_is_followed(
+    client: QubicoClient, storage: tuple[Storage, str], tmp_path: Path
+) -> None:
+    store, base = storage
+    out = await client.download(_task(base.replace("/r", "/cdn") + "/x.png"), tmp_path)
+    assert out.read_bytes() == PAYLOAD and store.hits == 1
+    assert client.requests_sent["download"] == 1  # one download; its redirect is not a retry
 
 
 async def test_existing_file_is_not_overwritten_by_default(

@@ -17,6 +17,7 @@ from qubico_async import (
     InvalidInputError,
     MalformedResponseError,
     NotFoundError,
+    Pacing,
     PermissionDeniedError,
     PollPolicy,
     QubicoClient,
@@ -155,7 +156,7 @@ async def test_get_retry_honours_retry_after(emu: Emulator, request_: FaceSwap) 
             return 0.0
 
     policy = SpyPolicy(max_attempts=3, base=0.0, cap=0.0, jitter=0.0, max_retry_after=0.0)
-    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=policy) as c:
+    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=policy, pacing=Pacing.off()) as c:
         task = await c.submit(request_)
         emu.faults.script("get", 429, '{"code":429,"message":"slow down"}', headers={"Retry-After": "7"})
         assert (await c.get_task(task.task_id)).task_id == task.task_id
@@ -165,7 +166,8 @@ async def test_get_retry_honours_retry_after(emu: Emulator, request_: FaceSwap) 
 
 async def test_get_gives_up_after_max_attempts_with_rate_limit_info(emu: Emulator) -> None:
     emu.faults.script("get", 429, '{"code":429,"message":"slow down"}', headers={"Retry-After": "3"}, times=3)
-    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=RetryPolicy.instant(3)) as c:
+    instant = RetryPolicy.instant(3)
+    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=instant, pacing=Pacing.off()) as c:
         with pytest.raises(RateLimitError) as info:
             await c.get_task("t-1")
     assert info.value.retry_after == 3.0
@@ -174,7 +176,7 @@ async def test_get_gives_up_after_max_attempts_with_rate_limit_info(emu: Emulato
 
 async def test_rate_limit_knob_gives_429_with_retry_after(emu: Emulator, request_: FaceSwap) -> None:
     policy = RetryPolicy(max_attempts=2, base=0.0, cap=0.0, jitter=0.0, max_retry_after=0.0)
-    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=policy) as c:
+    async with QubicoClient(api_key=emu.api_key, base_url=emu.base_url, retry=policy, pacing=Pacing.off()) as c:
         task = await c.submit(request_)
         emu.faults.rate_limit = 1.0  # one request per (emulator) second, burst of one
         await c.get_task(task.task_id)

@@ -38,6 +38,7 @@ from qubico_async import (
     WebhookConfig,
     _download,
 )
+from qubico_async._transport import Transport
 from qubico_async.testing import Emulator, identity
 from qubico_async.webhooks import WebhookHub
 
@@ -521,16 +522,9 @@ async def test_download_stream_honours_a_read_timeout(
     url, _ = result
     proxy.mode = "blackhole"
     async with aiohttp.ClientSession() as session:
+        transport = Transport(api_key=None, retry=RetryPolicy.instant(2), timeouts=SHORT, session=lambda: session)
         with pytest.raises(TransportError):
-            await _download.fetch_to_file(
-                session,
-                url,
-                tmp_path / "out.png",
-                name_hint=None,
-                overwrite=False,
-                retry=RetryPolicy.instant(2),
-                timeouts=SHORT,
-            )
+            await _download.fetch_to_file(transport, url, tmp_path / "out.png", name_hint=None, overwrite=False)
     assert proxy.counts["blackhole"] == 2  # each attempt ended by its read timeout
     assert leftovers(tmp_path) == []
 

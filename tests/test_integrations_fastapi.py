@@ -163,7 +163,7 @@ async def test_lifespan_owns_exactly_one_client_and_closes_it(emu: Emulator, mon
         assert len(made) == 1 and made[0] is client
         assert {a["client"] for a in answers} == {id(client)}
         assert {a["hub"] for a in answers} == {id(client.webhooks)}
-        session = client._session
+        session = client._http()
         assert session is not None and not session.closed
     assert len(made) == 1
     assert session.closed  # closed on shutdown, not left to the garbage collector

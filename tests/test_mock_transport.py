@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from qubico_async import (
+    APIError,
     FaceSwap,
     HTTPRequest,
     HTTPResponse,
     InsufficientCreditError,
+    MalformedResponseError,
     MockTransport,
+    Pacing,
     QubicoClient,
     RateLimitError,
+    ResultExpiredError,
     RetryPolicy,
     ServerError,
     SubmissionUncertainError,
+    Task,
+    TaskOutput,
     TaskStatus,
     TransportError,
 )
@@ -49,7 +56,10 @@ def ok(data: object, code: int = 200) -> HTTPResponse:
 
 
 def client(mock: MockTransport) -> QubicoClient:
-    return QubicoClient(api_key=KEY, base_url="http://127.0.0.1:9", transport=mock, retry=RetryPolicy.instant())
+    """Zero-delay: instant retries and no pacing (these tests are about which requests are retried)."""
+    return QubicoClient(
+        api_key=KEY, base_url="http://127.0.0.1:9", transport=mock, retry=RetryPolicy.instant(), pacing=Pacing.off()
+    )
 
 
 async def test_the_request_carries_the_key_and_the_payload() -> None:
@@ -61,7 +71,7 @@ async def test_the_request_carries_the_key_and_the_payload() -> None:
     assert (sent.method, sent.url) == ("POST", "http://127.0.0.1:9/api/v1/task")
     assert sent.headers["x-api-key"] == KEY and KEY not in repr(sent)
     assert json.loads(sent.body or b"")["input"]["target_image"] == "https://example.invalid/t.jpg"
-    assert c.requests_sent == {"create": 1, "read": 0}
+    assert c.requests_sent == {"create": 1, "read": 0, "download": 0}
 
 
 async def test_a_read_retries_transient_failures_then_succeeds() -> None:
@@ -124,3 +134,69 @@ async def test_an_async_handler_works_too() -> None:
 
     async with client(MockTransport(handler)) as c:
         assert (await c.get_task("t-2")).status is TaskStatus.PROCESSING
+
+
+# -- downloads: the same seam, the same retry loop --------------------------------------------------
+
+RESULT = "https://cdn.example.invalid/results/t-1.png?signature=s3cr3t-sig"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2048  # 512 KiB: more than one streamed chunk
+
+
+def done(url: str = RESULT) -> Task:
+    return Task(task_id="t-1", status=TaskStatus.COMPLETED, output=TaskOutput(image_url=url))
+
+
+def png() -> HTTPResponse:
+    return HTTPResponse(200, PNG, {"Content-Type": "image/png"})
+
+
+async def test_a_download_goes_through_the_transport_and_is_retried_after_a_503(tmp_path: Path) -> None:
+    mock = MockTransport(answers(HTTPResponse(503, b"<html>busy</html>"), TransportError("reset"), png()))
+    async with client(mock) as c:
+        out = await c.download(done(), tmp_path)
+    assert out == tmp_path / "t-1.png" and out.read_bytes() == PNG
+    assert [(r.method, r.url) for r in mock.requests] == [("GET", RESULT)] * 3
+    assert all("x-api-key" not in r.headers for r in mock.requests)  # the storage host never sees the key
+    assert c.requests_sent == {"create": 0, "read": 0, "download": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-1.png"]  # no temp file left by the retries
+
+
+async def test_a_download_failing_on_404_is_an_expired_result_and_not_retried() -> None:
+    mock = MockTransport(answers(HTTPResponse(404, b"Not Found"), png()))
+    async with client(mock) as c:
+        with pytest.raises(ResultExpiredError, match="3 days") as caught:
+            await c.download_bytes(done())
+    assert caught.value.status == 404 and len(mock.requests) == 1
+    assert "s3cr3t-sig" not in str(caught.value) and "s3cr3t-sig" not in caught.value.url  # the query is a credential
+
+
+async def test_a_download_refused_with_403_is_an_api_error_and_not_retried() -> None:
+    mock = MockTransport(answers(HTTPResponse(403, b"denied"), png()))
+    async with client(mock) as c:
+        with pytest.raises(APIError, match="storage refused the download: HTTP 403") as caught:
+            await c.download_bytes(done())
+    assert caught.value.status == 403 and len(mock.requests) == 1
+
+
+async def test_download_retries_run_out_with_the_server_error() -> None:
+    mock = MockTransport(answers(*[HTTPResponse(500, b"oops")] * 4))
+    async with client(mock) as c:
+        with pytest.raises(ServerError, match="storage answered 500"):
+            await c.download_bytes(done())
+    assert len(mock.requests) == 4  # RetryPolicy.instant(): 4 attempts, like a GET
+
+
+async def test_a_storage_429_is_retried_but_does_not_slow_the_api() -> None:
+    mock = MockTransport(answers(HTTPResponse(429, b"", {"Retry-After": "0"}), png()))
+    async with client(mock) as c:
+        assert await c.download_bytes(done()) == PNG
+        assert not c._transport.limiter.limited  # the CDN's 429 says nothing about the API's host
+    assert len(mock.requests) == 2
+
+
+async def test_a_result_over_the_cap_is_not_fetched_again() -> None:
+    mock = MockTransport(answers(png(), png()))
+    async with client(mock) as c:
+        with pytest.raises(MalformedResponseError, match="cap"):
+            await c.download_bytes(done(), max_bytes=1000)
+    assert len(mock.requests) == 1  # the same file would be as big the next time

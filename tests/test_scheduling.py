@@ -1,15 +1,29 @@
-"""The rate controller (AIMD, creates first) and the learned poll schedule."""
+"""The rate controller (AIMD, creates first, its own `Pacing` bounds) and the learned poll schedule."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from qubico_async import PollPolicy, Task, TaskMeta, TaskStatus, _rate
+from qubico_async import (
+    HTTPRequest,
+    HTTPResponse,
+    MockTransport,
+    Pacing,
+    PollPolicy,
+    QubicoClient,
+    RetryPolicy,
+    Task,
+    TaskMeta,
+    TaskStatus,
+    _rate,
+)
 from qubico_async._pollsched import PollScheduler
 from qubico_async._rate import RateController
 
@@ -156,3 +170,60 @@ async def test_max_wait_bounds_the_pause(vtime: VirtualTime) -> None:
     rc.on_rate_limited(60.0)
     await rc.acquire(max_wait=0.05)
     assert sum(vtime.sleeps) == pytest.approx(0.05)  # not the 60 s the 429 asked for
+
+
+# -- Pacing: its own knob, not the retry policy's ---------------------------------------------------
+
+
+def _scripted(vtime: VirtualTime, statuses: list[int]) -> tuple[MockTransport, list[float]]:
+    """A mock API answering `statuses` in turn (then 200s), noting the virtual time of each request."""
+    sent_at: list[float] = []
+    queue = list(statuses)
+
+    def handler(request: HTTPRequest) -> HTTPResponse:
+        sent_at.append(vtime.now)
+        status = queue.pop(0) if queue else 200
+        if status == 429:
+            return HTTPResponse.json(429, '{"code": 429, "message": "slow down"}', {"Retry-After": "5"})
+        body = {"code": 200, "data": {"task_id": "t-1", "status": "processing"}, "message": "success"}
+        return HTTPResponse.json(200, json.dumps(body))
+
+    return MockTransport(handler), sent_at
+
+
+async def _polls(vtime: VirtualTime, n: int, **options: Any) -> list[float]:
+    mock, sent_at = _scripted(vtime, [429])
+    async with QubicoClient(api_key="k", base_url="http://127.0.0.1:9", transport=mock, **options) as c:
+        c._transport.limiter._clock = vtime.clock  # the controller reads the virtual clock
+        for _ in range(n):
+            await c.get_task("t-1")
+        assert c.requests_sent["read"] == n + 1  # the 429, retried at once, then one per poll
+    return sent_at
+
+
+async def test_instant_retries_still_pace_after_a_429(vtime: VirtualTime) -> None:
+    """`RetryPolicy.instant()` has cap=0; the limiter's bound used to be `retry.cap`, so it never waited."""
+    sent_at = await _polls(vtime, 4, retry=RetryPolicy.instant())
+    assert sent_at[0] == 0.0
+    assert sent_at[1] >= 5.0  # the retry waited out the Retry-After pause (on the controller's clock)
+    gaps = [b - a for a, b in itertools.pairwise(sent_at[1:])]
+    assert all(gap > 0 for gap in gaps)  # and the polls after it were spaced by the halved rate
+    assert sum(vtime.sleeps) >= 5.0
+
+
+async def test_pacing_off_never_waits(vtime: VirtualTime) -> None:
+    sent_at = await _polls(vtime, 4, retry=RetryPolicy.instant(), pacing=Pacing.off())
+    assert sent_at == [0.0] * 5 and sum(vtime.sleeps) == 0  # (the instant retry sleeps 0 s)
+
+
+async def test_pacing_bounds_are_its_own(vtime: VirtualTime) -> None:
+    """`max_wait` bounds each request's wait, whatever the retry policy's `cap` (here 0)."""
+    sent_at = await _polls(vtime, 1, retry=RetryPolicy.instant(), pacing=Pacing(max_wait=1.0))
+    assert sent_at[1] == pytest.approx(1.0)  # waited its 1 s, not the 5 s the 429 asked for
+
+
+def test_pacing_checks_its_bounds() -> None:
+    with pytest.raises(ValueError, match="max_rate"):
+        Pacing(min_rate=10.0, max_rate=1.0)
+    with pytest.raises(ValueError, match="max_wait"):
+        Pacing(max_wait=-1.0)

@@ -38,6 +38,7 @@ from qubico_async import (
     InsufficientPlanError,
     Job,
     MalformedResponseError,
+    Pacing,
     PollPolicy,
     QubicoClient,
     RateLimitError,
@@ -206,6 +207,7 @@ async def test_no_secret_anywhere(
         base_url=emu_s.base_url,
         upload_url=emu_s.upload_url,
         retry=RetryPolicy.instant(max_attempts=2),
+        pacing=Pacing.off(),  # its scripted 429s must not pause the rest of the run
         poll=PollPolicy.instant(timeout=10),
         webhooks=hub,
     )
