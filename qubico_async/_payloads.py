@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -22,6 +22,9 @@ from .errors import InsufficientPlanError, InvalidInputError, MalformedResponseE
 from .media import Image, Video, _Media
 from .requests import Prepared, coerce_request, fingerprint
 
+if TYPE_CHECKING:
+    from .coordination import SharedUploads
+
 __all__ = ["InlineMedia", "MediaSender", "coerce_media", "encode_json"]
 
 logger = logging.getLogger("qubico_async")
@@ -33,9 +36,11 @@ PostUpload = Callable[[bytes], Awaitable[dict[str, Any]]]
 class MediaSender:
     """Prepares requests for one client and owns its upload cache."""
 
-    def __init__(self, post_upload: PostUpload | None) -> None:
+    def __init__(self, post_upload: PostUpload | None, shared: SharedUploads | None = None) -> None:
+        """`shared` is the upload cache of every process of the account (issue 14), if any."""
         self._post_upload = post_upload
         self._cache = UploadCache()
+        self._cache.shared = shared
         self._refused = False  # the plan said no: `auto` inlines from then on
 
     async def prepare(self, request: object, policy: UploadPolicy) -> Prepared:

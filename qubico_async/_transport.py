@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import aiohttp
 import aiohttp.payload
@@ -40,6 +40,9 @@ from .retry import (
     is_uncertain_create,
     retry_after_of,
 )
+
+if TYPE_CHECKING:
+    from .coordination import Coordination
 
 __all__ = ["Secret", "Transport"]
 
@@ -93,14 +96,17 @@ class Transport:
         pacing: Pacing | None = None,
         http: HTTPTransport | None = None,
         session: Callable[[], aiohttp.ClientSession] | None = None,
+        coordination: Coordination | None = None,
     ) -> None:
-        """`http` sends each request; by default an `AiohttpTransport` over `session()`."""
+        """`http` sends each request; by default an `AiohttpTransport` over `session()`.
+        `coordination` shares 429 pauses with the account's other processes."""
         self._api_key = api_key
         self._secrets: dict[str, None] = {}  # webhook secrets sent in creates, newest last
         self.retry = retry
         self.timeouts = timeouts
         self.pacing = pacing or Pacing()
         self.limiter = RateController.from_pacing(self.pacing)
+        self.limiter.shared = coordination
         self.requests_sent: dict[RequestKind, int] = {"read": 0, "create": 0, "download": 0}
         self._rng = random.Random()
         self._user_agent = f"qubico_async/{__version__} aiohttp/{aiohttp.__version__}"

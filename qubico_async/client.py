@@ -8,7 +8,6 @@ Session life (`_session`), the request path (`_transport`), media and uploads (`
 from __future__ import annotations
 
 import os
-import random
 import urllib.parse
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -90,6 +89,9 @@ class QubicoClient:
         self.poll = poll or PollPolicy()
         self.pacing = pacing or Pacing()
         """How API requests are paced after a 429 (its own bounds: `RetryPolicy.instant()` still paces)."""
+        self.coordination: Coordination = coordination if coordination is not None else LocalCoordination()
+        """Shares the account limit, webhook results, 429 pauses and uploads between processes."""
+        self.coordination.bind(key)
         self._transport = Transport(
             api_key=self._api_key,
             retry=self.retry,
@@ -97,20 +99,12 @@ class QubicoClient:
             pacing=self.pacing,
             http=transport,
             session=self._http,
+            coordination=self.coordination,
         )
-        self._rng = random.Random()
         self.webhooks = webhooks
         """The app's `WebhookHub`: lets `wait(via="webhook")` resolve from deliveries."""
-        if webhooks is not None:
-            self._transport.add_secret(webhooks.secret)
         poster = upload_poster(self._transport, self.upload_url, self._ready) if self.upload_url is not None else None
-        self._media = MediaSender(poster)
-        # coordination hook (issue 14): one place wires the shared limit, hub, 429 pause and uploads.
-        self.coordination: Coordination = coordination if coordination is not None else LocalCoordination()
-        """Shares the account limit, webhook results, 429 pauses and uploads between processes."""
-        self.coordination.bind(key)
-        self._transport.limiter.shared = self.coordination
-        self._media._cache.shared = self.coordination.upload_cache
+        self._media = MediaSender(poster, shared=self.coordination.upload_cache)
         self._submitter = Submitter(
             request=self._request,
             coordination=self.coordination,
@@ -118,6 +112,7 @@ class QubicoClient:
             poll=lambda: self.poll,
         )
         if webhooks is not None:
+            self._transport.add_secret(webhooks.secret)
             webhooks.coordinate(self.coordination)
             webhooks.on_terminal(self._submitter.seen_terminal)
 
@@ -224,14 +219,7 @@ class QubicoClient:
         is not cancelled. Cancelling the caller stops waiting at once and leaves nothing behind.
         """
         return await wait_task(
-            task,
-            self.get_task,
-            default_poll=self.poll,
-            poll=poll,
-            timeout=timeout,
-            via=via,
-            hub=self.webhooks,
-            rng=self._rng,
+            task, self.get_task, default_poll=self.poll, poll=poll, timeout=timeout, via=via, hub=self.webhooks
         )
 
     async def run(
@@ -395,13 +383,7 @@ class QubicoClient:
         GET; the storage host never sees the API key.
         """
         return await download_result(
-            self._transport,
-            task,
-            dest,
-            ready=self._http,
-            overwrite=overwrite,
-            max_bytes=max_bytes,
-            extension=extension,
+            self._transport, task, dest, ready=self._http, overwrite=overwrite, max_bytes=max_bytes, extension=extension
         )
 
     # -- media -------------------------------------------------------------------------------

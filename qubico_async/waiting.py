@@ -36,6 +36,9 @@ __all__ = [
     "wait_task",
 ]
 
+_JITTER = random.Random()
+"""Jitter for polls whose caller brings no random source of its own."""
+
 logger = logging.getLogger("qubico_async")
 
 WEBHOOK_FALLBACK_POLL = PollPolicy(initial=10.0, factor=1.5, max_interval=60.0, jitter=0.2)
@@ -58,7 +61,7 @@ async def wait_task(
     timeout: float | None,
     via: str,
     hub: TaskRouter | None,
-    rng: random.Random,
+    rng: random.Random | None = None,
 ) -> Task:
     """`QubicoClient.wait`: `via="poll"` polls on `poll` (else `default_poll`); `via="webhook"`
     races `hub`'s deliveries against a slow fallback poll. A terminal `task` is returned as is.
@@ -83,7 +86,7 @@ async def wait_task(
             logger.warning("task %s was created without a webhook: only the slow fallback poll will see it", task_id)
         if hub is None:
             raise InvalidInputError("wait(via='webhook') needs QubicoClient(webhooks=WebhookHub(secret))")
-    intervals = policy.intervals(rng)
+    intervals = policy.intervals(rng or _JITTER)
     waits = intervals if last is not None or via == "webhook" else itertools.chain([0.0], intervals)
 
     def resolve_terminal(task: Task, _: float) -> None:

@@ -1,5 +1,8 @@
 """The package is layered: no module imports one that (directly or not) imports it back.
 
+Every module also says its one concept in a docstring and stays under ~400 lines (past that it
+holds two concepts: split it).
+
 Each module's own imports of `qubico_async` modules are read from its source (module level and
 inside functions alike; imports under `if TYPE_CHECKING:` are left out, they never run). The graph
 they form must have no cycle, so every module sits on a layer below the ones that use it, and the
@@ -115,3 +118,19 @@ def test_a_cycle_is_found() -> None:
 def test_only_entry_points_use_the_client() -> None:
     users = {name for name, targets in import_graph().items() if "qubico_async.client" in targets}
     assert users <= ENTRY_POINTS, sorted(users - ENTRY_POINTS)
+
+
+MAX_LINES = 400
+
+
+def test_every_module_says_its_concept_and_stays_small() -> None:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    assert len(paths) > 40  # the whole package is read
+    undocumented = [str(p) for p in paths if not ast.get_docstring(ast.parse(p.read_text(encoding="utf-8")))]
+    assert not undocumented, undocumented
+    large = {
+        str(p.relative_to(PACKAGE)): n
+        for p in paths
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not large, large
