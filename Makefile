@@ -40,10 +40,10 @@ redis-server:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing: sudo apt-get install -y redis-server" >&2; exit 1; fi; }
 
-# One pytest worker per core (pytest-xdist). PYTHONDEVMODE reaches the workers (-X dev would
+# Four pytest-xdist workers: on 2 cores they fill the time tests spend waiting (subprocesses, servers). PYTHONDEVMODE reaches the workers (-X dev would
 # stay in the controller): asyncio debug mode and ResourceWarnings in every test.
 test: $(STAMP) redis-server lint typecheck docs dist
-	PYTHONDEVMODE=1 $(PY) -X dev -W error -m pytest -q -n auto --dist worksteal
+	PYTHONDEVMODE=1 $(PY) -X dev -W error -m pytest -q -n 4 --dist worksteal
 
 # 4 uvicorn workers of examples/fastapi_app.py, 200 swaps, account limit 16: without, then with Redis.
 cluster-demo: $(STAMP) redis-server
