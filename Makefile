@@ -40,8 +40,9 @@ redis-server:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing: sudo apt-get install -y redis-server" >&2; exit 1; fi; }
 
-# Four pytest-xdist workers: on 2 cores they fill the time tests spend waiting (subprocesses, servers). PYTHONDEVMODE reaches the workers (-X dev would
-# stay in the controller): asyncio debug mode and ResourceWarnings in every test.
+# Four pytest-xdist workers: on 2 cores they fill the time tests wait on subprocesses and servers.
+# PYTHONDEVMODE reaches the workers (-X dev would stay in the controller): asyncio debug mode and
+# ResourceWarnings in every test.
 test: $(STAMP) redis-server lint typecheck docs dist
 	PYTHONDEVMODE=1 $(PY) -X dev -W error -m pytest -q -n 4 --dist worksteal
 
