@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +219,7 @@ async def test_gets_stay_fast_while_a_video_swap_runs(
 
 async def test_worker_threads_are_bounded_by_max_workers(http: aiohttp.ClientSession) -> None:
     lock = threading.Lock()
+    release = threading.Event()  # the jobs run until the test has seen them all processing
     running, peak, threads = 0, 0, set()
 
     def slow(job: Any) -> bytes:
@@ -228,7 +228,7 @@ async def test_worker_threads_are_bounded_by_max_workers(http: aiohttp.ClientSes
             running += 1
             peak = max(peak, running)
             threads.add(threading.get_ident())
-        time.sleep(0.05)
+        release.wait(30)
         with lock:
             running -= 1
         return bytes(job.target)
@@ -242,6 +242,7 @@ async def test_worker_threads_are_bounded_by_max_workers(http: aiohttp.ClientSes
             ids.append(created["data"]["task_id"])
         for task_id in ids:
             assert (await api.get(task_id))["status"] == "processing"
+        release.set()
         await emu.drain()
         assert [(await api.get(t))["status"] for t in ids] == ["completed"] * 5
     assert peak == 2
