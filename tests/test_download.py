@@ -23,7 +23,7 @@ from qubico_async import (
     TransportError,
 )
 from qubico_async.testing import Emulator
-from tests._helpers import wait_until
+from tests._helpers import serve, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -76,16 +76,11 @@ async def storage() -> AsyncIterator[tuple[Storage, str]]:
     app = web.Application()
     app.router.add_get("/r/{name}", store.serve)
     app.router.add_get("/cdn/{name}", _to_storage)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield store, f"http://127.0.0.1:{port}/r"
-    finally:
-        store.release.set()
-        await runner.cleanup()
+    async with serve(app) as url:
+        try:
+            yield store, f"{url}/r"
+        finally:
+            store.release.set()  # a held response ends before the server does
 
 
 def _task(url: str, task_id: str = "task-123") -> Task:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from qubico_async import FaceSwap, Image, QubicoClient
 
+from ._helpers import serve
 from .scripted_service import envelope, real_task
 
 pytestmark = pytest.mark.anyio
@@ -66,15 +67,8 @@ async def draining_server() -> AsyncIterator[tuple[str, list[tuple[int, str]]]]:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/api/v1/task", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", bodies
-    finally:
-        await runner.cleanup()
+    async with serve(app) as url:
+        yield url, bodies
 
 
 async def test_no_stall_while_four_17_mb_inline_jobs_are_sent() -> None:
